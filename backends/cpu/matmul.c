@@ -1,0 +1,153 @@
+/*
+ * matmul.c — duet_matmul_fast: picks the kernel family, quantizes the
+ * activations once, and splits the output columns (weight rows) across the
+ * thread pool. The reduction over k is never split, so neither the thread
+ * count nor the batch size changes any output bit (see quant_simd.h).
+ */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+#include "quant_simd.h"
+
+/* Activation rows per pass over a thread's weights: 64 rows of k = 1536
+ * int8 stay in L2 while every weight tile streams past them. */
+#define ROWS_PER_PASS 64
+
+duet_cpu_isa duet_cpu_isa_select(const duet_cpu_features *f, int force_reference)
+{
+    if (force_reference || !f->avx2 || !f->fma || !f->f16c)
+        return DUET_CPU_ISA_REF;
+    /* quant_avx512.c is also built with -mavxvnni, and GCC then encodes
+     * vpdpbusd as AVX-VNNI (VEX), so that file needs both. */
+    if (f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq && f->avx512vnni && f->avxvnni)
+        return DUET_CPU_ISA_AVX512;
+    return DUET_CPU_ISA_AVX2;
+}
+
+static int reference_forced(void)
+{
+    const char *env = getenv("DUET_CPU_REFERENCE");
+    return env && env[0] && strcmp(env, "0") != 0;
+}
+
+duet_cpu_isa duet_cpu_isa_detect(void)
+{
+    duet_cpu_features f;
+    duet_cpu_features_get(&f);
+    return duet_cpu_isa_select(&f, reference_forced());
+}
+
+/* duet_cpu_isa_detect for every call of duet_matmul_fast: cpuid is a VM
+ * exit under a hypervisor (~70 us per detection measured on a KVM guest,
+ * more than a whole decode-size matmul), so read the features libgcc
+ * detected once at start-up (it checks XCR0 as well). getenv is ~30 ns. */
+static duet_cpu_isa isa_per_call(void)
+{
+    duet_cpu_features f = {0};
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    f.avx2 = __builtin_cpu_supports("avx2") != 0;
+    f.fma = __builtin_cpu_supports("fma") != 0;
+    f.f16c = __builtin_cpu_supports("f16c") != 0;
+    f.avx512f = __builtin_cpu_supports("avx512f") != 0;
+    f.avx512bw = __builtin_cpu_supports("avx512bw") != 0;
+    f.avx512vl = __builtin_cpu_supports("avx512vl") != 0;
+    f.avx512dq = __builtin_cpu_supports("avx512dq") != 0;
+    f.avx512vnni = __builtin_cpu_supports("avx512vnni") != 0;
+    f.avxvnni = __builtin_cpu_supports("avxvnni") != 0;
+#endif
+    return duet_cpu_isa_select(&f, reference_forced());
+}
+
+typedef struct mm_call {
+    duet_mm_job job;
+    duet_cpu_isa isa;
+    const float *x;   /* for quantization */
+    duet_act_q8 *act; /* writable view of job.a */
+    float *scratch;   /* [nth][scratch_floats] */
+    int64_t scratch_floats;
+} mm_call;
+
+static void quantize_worker(void *arg, int ith, int nth)
+{
+    mm_call *c = arg;
+    int64_t lo, hi;
+    duet_split_rows(c->job.m, ith, nth, 1, &lo, &hi);
+    duet_act_quantize_avx2(c->x, lo, hi, c->act);
+}
+
+static void matmul_worker(void *arg, int ith, int nth)
+{
+    const mm_call *c = arg;
+    int64_t lo, hi;
+    /* A multiple of 4 rows keeps every thread's tiles full. */
+    duet_split_rows(c->job.n, ith, nth, 4, &lo, &hi);
+    float *scratch = c->scratch + ith * c->scratch_floats;
+    for (int64_t c0 = 0; c0 < c->job.m && lo < hi; c0 += ROWS_PER_PASS) {
+        int64_t c1 = c0 + ROWS_PER_PASS < c->job.m ? c0 + ROWS_PER_PASS : c->job.m;
+        if (c->isa == DUET_CPU_ISA_AVX512)
+            duet_mm_region_avx512(&c->job, lo, hi, c0, c1, scratch);
+        else
+            duet_mm_region_avx2(&c->job, lo, hi, c0, c1, scratch);
+    }
+}
+
+static void run(duet_threadpool *pool, duet_parallel_fn fn, void *arg)
+{
+    if (pool)
+        duet_threadpool_run(pool, fn, arg);
+    else
+        fn(arg, 0, 1);
+}
+
+void duet_matmul_isa(duet_threadpool *pool, duet_cpu_isa isa, const float *x, const void *w,
+                     duet_dtype wt, const float *bias, float *y, int64_t m, int64_t k,
+                     int64_t n)
+{
+    if (isa == DUET_CPU_ISA_REF || m <= 0 || n <= 0) {
+        duet_matmul_ref(x, w, wt, bias, y, m, k, n);
+        return;
+    }
+    assert(duet_dtype_row_bytes(wt, k) > 0);
+    int nth = pool ? duet_threadpool_size(pool) : 1;
+    mm_call c = {
+        .job = {.wt = wt, .w = w, .row_bytes = duet_dtype_row_bytes(wt, k), .x = x,
+                .bias = bias, .y = y, .m = m, .k = k, .n = n},
+        .isa = isa,
+        .x = x,
+    };
+    c.scratch_floats = duet_mm_scratch_floats(&c.job);
+    int is_int = duet_mm_is_int(wt);
+    duet_act_q8 act = {.k = k, .nb = k / 32, .paired = isa == DUET_CPU_ISA_AVX512,
+                       .offset128 = isa == DUET_CPU_ISA_AVX512 && wt == DUET_Q8_0};
+    /* One allocation: per-thread scratch, then the quantized activations. */
+    size_t scratch_bytes = (size_t)nth * (size_t)c.scratch_floats * sizeof(float);
+    size_t act_bytes = is_int ? (size_t)m * (size_t)(k + 8 * act.nb) : 0;
+    char *mem = malloc(scratch_bytes + act_bytes);
+    if (!mem) { /* cannot fail: the reference needs no memory */
+        duet_matmul_ref(x, w, wt, bias, y, m, k, n);
+        return;
+    }
+    c.scratch = (float *)mem;
+    if (is_int) {
+        act.d = (float *)(mem + scratch_bytes);
+        act.s = act.d + m * act.nb;
+        act.q = (int8_t *)(act.s + m * act.nb);
+        c.act = &act;
+        c.job.a = &act;
+        /* A pool round trip costs more than quantizing a few rows. */
+        if (m >= 16)
+            run(pool, quantize_worker, &c);
+        else
+            quantize_worker(&c, 0, 1);
+    }
+    run(pool, matmul_worker, &c);
+    free(mem);
+}
+
+void duet_matmul_fast(duet_threadpool *pool, const float *x, const void *w, duet_dtype wt,
+                      const float *bias, float *y, int64_t m, int64_t k, int64_t n)
+{
+    duet_matmul_isa(pool, isa_per_call(), x, w, wt, bias, y, m, k, n);
+}

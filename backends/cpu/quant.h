@@ -1,0 +1,70 @@
+/*
+ * quant.h — weight types on the CPU: dequantization, dot products and the
+ * matmul kernels built from them.
+ *
+ * Two paths for every weight type:
+ *  - reference: plain C, obviously correct. Dequantize to f32, then dot in
+ *    a fixed order with double accumulation per block of the row. The
+ *    conformance oracle for every other path and backend.
+ *  - fast: SIMD (AVX2/FMA/F16C baseline, AVX-512/VNNI where present,
+ *    chosen at run time). For the integer quants the activations are
+ *    quantized once per row to an 8-bit partner format and dotted with
+ *    integer instructions; for F32/F16/BF16 straight FMA.
+ * Fast results match the reference to matmul tolerance (NMSE <= 5e-4),
+ * not bitwise; both are deterministic for a given input and thread count
+ * and do not depend on how many rows are in the batch (batch invariance).
+ */
+#ifndef DUET_QUANT_H
+#define DUET_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "threadpool.h"
+
+/* Dequantize n elements (a whole number of blocks) of type t at src. */
+void duet_dequant_row(duet_dtype t, const void *src, float *dst, int64_t n);
+
+/* Reference dot product of one weight row (n elements of type t) with x. */
+float duet_vec_dot_ref(duet_dtype t, const void *w, const float *x, int64_t n);
+
+/* CPU features detected at run time (cpuid + xgetbv). */
+typedef struct duet_cpu_features {
+    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vnni, avxvnni;
+    int avx512dq;
+} duet_cpu_features;
+void duet_cpu_features_get(duet_cpu_features *out);
+
+/* Kernel family of the fast path. duet_cpu_isa_detect costs cpuid (a VM
+ * exit under a hypervisor, ~70 us measured): call it once and keep it. */
+typedef enum duet_cpu_isa {
+    DUET_CPU_ISA_REF = 0,    /* the reference path (no SIMD) */
+    DUET_CPU_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    DUET_CPU_ISA_AVX512 = 2, /* + AVX-512 F/BW/VL/DQ and VNNI (vpdpbusd) */
+} duet_cpu_isa;
+
+/* The widest family f supports; REF when force_reference is non-zero. */
+duet_cpu_isa duet_cpu_isa_select(const duet_cpu_features *f, int force_reference);
+/* duet_cpu_isa_select for this CPU, honouring DUET_CPU_REFERENCE=1. */
+duet_cpu_isa duet_cpu_isa_detect(void);
+
+/* y[m][n] = x[m][k] . w[n][k]^T (+ bias[n] when bias != NULL).
+ * _ref: single-threaded reference. _fast: the SIMD path, split across the
+ * pool (pool may be NULL = single thread); DUET_CPU_REFERENCE=1 in the
+ * environment makes it fall back to the reference. */
+void duet_matmul_ref(const float *x, const void *w, duet_dtype wt, const float *bias,
+                     float *y, int64_t m, int64_t k, int64_t n);
+void duet_matmul_fast(duet_threadpool *pool, const float *x, const void *w, duet_dtype wt,
+                      const float *bias, float *y, int64_t m, int64_t k, int64_t n);
+/* duet_matmul_fast with the kernel family chosen by the caller (the CPU
+ * backend detects once at start-up); duet_matmul_fast detects per call.
+ * Each family is deterministic and batch/thread invariant (AVX2 and AVX512
+ * may differ in the last bits); REF gives duet_matmul_ref's result.
+ * Never fails: if scratch memory cannot be allocated it computes the
+ * reference result instead. */
+void duet_matmul_isa(duet_threadpool *pool, duet_cpu_isa isa, const float *x, const void *w,
+                     duet_dtype wt, const float *bias, float *y, int64_t m, int64_t k,
+                     int64_t n);
+
+#endif

@@ -1,0 +1,77 @@
+/*
+ * quant_simd.h — what matmul.c shares with the per-ISA kernel files
+ * (quant_avx2.c, quant_avx512.c). Internal to the CPU backend.
+ *
+ * Batch invariance rests on one rule every kernel here keeps: output (i, j)
+ * is computed by the same sequence of float operations whatever tile shape,
+ * remainder path or thread computed it. Each (weight row, activation row)
+ * pair owns one float accumulator (8 lanes; 16 in the AVX-512 integer
+ * kernels) whose lanes receive, in block order, fixed groups of the
+ * block's elements; the lanes are then summed by one fixed tree. Integer
+ * block dots are exact. The AVX2 and AVX-512 kernels group lanes
+ * differently, so their results may differ in the last bits; each is
+ * deterministic and batch/thread invariant on its own.
+ */
+#ifndef DUET_QUANT_SIMD_H
+#define DUET_QUANT_SIMD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+
+/* Largest weight-row tile any kernel uses; sizes the per-thread scratch. */
+#define DUET_TILE_R_MAX 8
+
+/* Activations quantized once per call to the 8-bit partner format of the
+ * 32-element integer quants: x ~= d[b] * q(b, e). s[b] = d[b] * sum of the
+ * block's q, for the min term of Q4_1 (and the -8 offset of Q4_0).
+ * paired: the 512-bit kernels read two blocks per vector, so blocks 2p and
+ * 2p+1 are stored interleaved by 16-byte halves as [2p e0-15 | 2p+1 e0-15 |
+ * 2p e16-31 | 2p+1 e16-31], the order the weight nibbles unpack to (an odd
+ * last block stays as it is). offset128: q is stored as q + 128 (unsigned)
+ * for weights that are themselves signed (Q8_0 with vpdpbusd). */
+typedef struct duet_act_q8 {
+    int8_t *q; /* [m][k] */
+    float *d;  /* [m][nb] */
+    float *s;  /* [m][nb] */
+    int64_t k, nb;
+    int paired, offset128;
+} duet_act_q8;
+
+/* One matmul call as the kernels see it. */
+typedef struct duet_mm_job {
+    duet_dtype wt;
+    const uint8_t *w;   /* [n] rows of row_bytes */
+    size_t row_bytes;
+    const float *x;     /* [m][k] f32 (float path) */
+    const duet_act_q8 *a; /* quantized x (integer path), else NULL */
+    const float *bias;  /* [n] or NULL */
+    float *y;           /* [m][n] */
+    int64_t m, k, n;
+} duet_mm_job;
+
+/* Whether wt goes through the integer path (activations quantized). */
+static inline int duet_mm_is_int(duet_dtype wt)
+{
+    return wt == DUET_Q4_0 || wt == DUET_Q4_1 || wt == DUET_Q8_0;
+}
+
+/* Floats of per-thread scratch a region call needs. */
+static inline int64_t duet_mm_scratch_floats(const duet_mm_job *job)
+{
+    int64_t per_row = duet_mm_is_int(job->wt) ? 2 * (job->k / 32) : job->k;
+    return DUET_TILE_R_MAX * (per_row + 8);
+}
+
+/* Quantize rows [r0, r1) of x (k a multiple of 32) into a. */
+void duet_act_quantize_avx2(const float *x, int64_t r0, int64_t r1, duet_act_q8 *a);
+
+/* Compute y for weight rows [r0, r1) x activation rows [c0, c1). scratch
+ * holds duet_mm_scratch_floats(job) floats owned by the calling thread. */
+void duet_mm_region_avx2(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c0,
+                         int64_t c1, float *scratch);
+void duet_mm_region_avx512(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c0,
+                           int64_t c1, float *scratch);
+
+#endif

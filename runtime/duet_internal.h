@@ -1,0 +1,33 @@
+/*
+ * duet_internal.h — what the public API's objects hold. Only the runtime's .c files
+ * and tests include it; programs use include/duet.h.
+ */
+#ifndef DUET_INTERNAL_H
+#define DUET_INTERNAL_H
+
+#include "device.h"
+#include "duet.h"
+#include "gguf.h"
+#include "kv_cache.h"
+#include "model.h"
+#include "tokenizer.h"
+
+struct duet_model {
+    duet_gguf *gguf;           /* the mapped file; weights point into it */
+    duet_model_config config;  /* immutable after load */
+    duet_tokenizer *tokenizer;
+    duet_device *dev;
+    duet_model_weights weights;
+};
+
+struct duet_session {
+    duet_model *model;
+    duet_runner *runner;
+    duet_kv_cache *kv;
+    int max_context;     /* tokens */
+    duet_kv_seq seq;     /* the one sequence's blocks */
+    int32_t *table;      /* [max_blocks_per_seq] seq's blocks, 0-padded */
+    float *logits;       /* [max_logit_rows][vocab] host copy */
+};
+
+#endif

@@ -1,0 +1,1301 @@
+/*
+ * test_cpu_ops.c — the CPU backend through the device wrappers: every op's
+ * fast path against the reference, hand-computed cases, batch invariance
+ * (mixed batches, thread counts), stream semantics and cleanup.
+ *
+ * Expected values come from the test itself (hand arithmetic, or naive
+ * double-precision code written here), never from the code under test;
+ * device outputs are poisoned with NaN before every run.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "device.h"
+#include "dtype.h"
+#include "threadpool.h"
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+typedef struct fx {
+    duet_device *d;
+    duet_stream *s;
+} fx;
+
+static fx fx_open(int n_threads, int reference)
+{
+    duet_device_options o = {.n_threads = n_threads, .force_reference = reference};
+    fx f = {0};
+    assert_int_equal(duet_cpu_device_create(&o, &f.d), DUET_OK);
+    assert_int_equal(duet_dev_stream_create(f.d, &f.s), DUET_OK);
+    return f;
+}
+
+static void fx_close(fx *f)
+{
+    duet_dev_stream_destroy(f->d, f->s);
+    duet_device_close(f->d);
+}
+
+/* A device buffer holding src, or n bytes of NaN (poison) when src is NULL. */
+static duet_buffer *fx_buf(fx *f, const void *src, size_t n)
+{
+    duet_buffer *b = NULL;
+    assert_int_equal(duet_dev_buffer_alloc(f->d, n, &b), DUET_OK);
+    if (src) {
+        assert_int_equal(duet_dev_buffer_write(f->d, (duet_addr){b, 0}, src, n), DUET_OK);
+    } else {
+        float *nan = malloc(n + 4);
+        for (size_t i = 0; i < n / 4 + 1; i++)
+            nan[i] = NAN;
+        assert_int_equal(duet_dev_buffer_write(f->d, (duet_addr){b, 0}, nan, n), DUET_OK);
+        free(nan);
+    }
+    return b;
+}
+
+static duet_addr at(duet_buffer *b) { return (duet_addr){b, 0}; }
+
+static void fx_begin(fx *f) { assert_int_equal(duet_dev_stream_begin(f->d, f->s), DUET_OK); }
+
+/* Download dst, then submit and wait. */
+static void fx_finish(fx *f, duet_buffer *src, void *dst, size_t n)
+{
+    memset(dst, 0xff, n); /* NaN pattern: a download that does nothing shows */
+    assert_int_equal(duet_dev_download(f->d, f->s, at(src), dst, n), DUET_OK);
+    assert_int_equal(duet_dev_stream_submit(f->d, f->s), DUET_OK);
+    assert_int_equal(duet_dev_stream_wait(f->d, f->s), DUET_OK);
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
+}
+
+static float *frand_array(size_t n)
+{
+    float *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = frand();
+    return x;
+}
+
+static void assert_all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            fail_msg("element %zu of %zu is %g", i, n, x[i]);
+}
+
+static double nmse(const float *got, const float *want, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)got[i] - want[i];
+        num += e * e;
+        den += (double)want[i] * want[i];
+    }
+    return den > 0 ? num / den : num;
+}
+
+static void assert_nmse(const float *got, const float *want, size_t n, double limit)
+{
+    assert_all_finite(got, n);
+    double e = nmse(got, want, n);
+    if (!(e <= limit))
+        fail_msg("NMSE %.3g exceeds %.3g over %zu elements", e, limit, n);
+}
+
+static void assert_close(float got, double want, double tol)
+{
+    if (!(fabs(got - want) <= tol))
+        fail_msg("got %.9g, want %.9g (tolerance %g)", got, want, tol);
+}
+
+/* ---- op runners: one op on one device, host in, host out ---------------------- */
+
+static void run_embed(fx *f, const int32_t *ids, const void *table, size_t table_bytes,
+                      duet_dtype type, int n_tokens, int vocab, int dim, float *out)
+{
+    duet_buffer *bi = fx_buf(f, ids, 4 * n_tokens), *bt = fx_buf(f, table, table_bytes);
+    duet_buffer *bo = fx_buf(f, NULL, 4ull * n_tokens * dim);
+    fx_begin(f);
+    duet_embed_args a = {at(bi), at(bt), at(bo), type, n_tokens, vocab, dim};
+    assert_int_equal(duet_dev_embed(f->d, f->s, &a), DUET_OK);
+    fx_finish(f, bo, out, 4ull * n_tokens * dim);
+    duet_dev_buffer_free(f->d, bi);
+    duet_dev_buffer_free(f->d, bt);
+    duet_dev_buffer_free(f->d, bo);
+}
+
+static void run_rms_norm(fx *f, const float *x, const float *w, int rows, int dim, float eps,
+                         float *out)
+{
+    duet_buffer *bx = fx_buf(f, x, 4ull * rows * dim), *bw = fx_buf(f, w, 4ull * dim);
+    duet_buffer *bo = fx_buf(f, NULL, 4ull * rows * dim);
+    fx_begin(f);
+    duet_rms_norm_args a = {at(bx), at(bw), at(bo), rows, dim, eps};
+    assert_int_equal(duet_dev_rms_norm(f->d, f->s, &a), DUET_OK);
+    fx_finish(f, bo, out, 4ull * rows * dim);
+    duet_dev_buffer_free(f->d, bx);
+    duet_dev_buffer_free(f->d, bw);
+    duet_dev_buffer_free(f->d, bo);
+}
+
+typedef struct rope_case {
+    int n_tokens, n_heads, n_kv_heads, head_dim, rot_dim;
+    duet_rope_mode mode;
+    float theta_base;
+    const int32_t *pos;
+    const float *freq_factors; /* NULL = none */
+} rope_case;
+
+/* q and k are rotated in place (host copies). */
+static void run_rope(fx *f, const rope_case *c, float *q, float *k)
+{
+    size_t qn = 4ull * c->n_tokens * c->n_heads * c->head_dim;
+    size_t kn = 4ull * c->n_tokens * c->n_kv_heads * c->head_dim;
+    duet_buffer *bq = fx_buf(f, q, qn), *bk = fx_buf(f, k, kn);
+    duet_buffer *bp = fx_buf(f, c->pos, 4ull * c->n_tokens);
+    duet_buffer *bf = c->freq_factors ? fx_buf(f, c->freq_factors, 2ull * c->rot_dim) : NULL;
+    fx_begin(f);
+    duet_rope_args a = {at(bq), at(bk), at(bp), at(bf), c->n_tokens, c->n_heads,
+                        c->n_kv_heads, c->head_dim, c->rot_dim, c->mode, c->theta_base};
+    assert_int_equal(duet_dev_rope(f->d, f->s, &a), DUET_OK);
+    assert_int_equal(duet_dev_download(f->d, f->s, at(bk), k, kn), DUET_OK);
+    fx_finish(f, bq, q, qn);
+    duet_dev_buffer_free(f->d, bq);
+    duet_dev_buffer_free(f->d, bk);
+    duet_dev_buffer_free(f->d, bp);
+    duet_dev_buffer_free(f->d, bf);
+}
+
+typedef struct attn_case {
+    int n_tokens, n_seqs, n_heads, n_kv_heads, head_dim;
+    int num_blocks, block_size, max_blocks;
+    duet_dtype cache_type;
+    const float *q;                 /* [n_tokens][n_heads][head_dim] */
+    const void *k_cache, *v_cache;  /* [num_blocks][block_size][n_kv_heads][head_dim] */
+    const int32_t *block_tables, *seq_lens, *qsl;
+    float scale;
+} attn_case;
+
+static size_t cache_bytes(const attn_case *c)
+{
+    return (size_t)c->num_blocks * c->block_size * c->n_kv_heads * c->head_dim *
+           (c->cache_type == DUET_F16 ? 2 : 4);
+}
+
+static void run_attention(fx *f, const attn_case *c, float *out)
+{
+    size_t qn = 4ull * c->n_tokens * c->n_heads * c->head_dim;
+    duet_buffer *bq = fx_buf(f, c->q, qn), *bo = fx_buf(f, NULL, qn);
+    duet_buffer *bk = fx_buf(f, c->k_cache, cache_bytes(c));
+    duet_buffer *bv = fx_buf(f, c->v_cache, cache_bytes(c));
+    duet_buffer *bt = fx_buf(f, c->block_tables, 4ull * c->n_seqs * c->max_blocks);
+    duet_buffer *bl = fx_buf(f, c->seq_lens, 4ull * c->n_seqs);
+    duet_buffer *bs = fx_buf(f, c->qsl, 4ull * (c->n_seqs + 1));
+    fx_begin(f);
+    duet_attention_args a = {at(bq), at(bk), at(bv), at(bt), at(bl), at(bs), at(bo),
+                             c->cache_type, c->n_tokens, c->n_seqs, c->n_heads,
+                             c->n_kv_heads, c->head_dim, c->num_blocks, c->block_size,
+                             c->max_blocks, c->scale};
+    assert_int_equal(duet_dev_attention(f->d, f->s, &a), DUET_OK);
+    fx_finish(f, bo, out, qn);
+    duet_buffer *all[] = {bq, bo, bk, bv, bt, bl, bs};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        duet_dev_buffer_free(f->d, all[i]);
+}
+
+static void run_swiglu(fx *f, const float *g, const float *u, int rows, int dim, float *out)
+{
+    size_t n = 4ull * rows * dim;
+    duet_buffer *bg = fx_buf(f, g, n), *bu = fx_buf(f, u, n), *bo = fx_buf(f, NULL, n);
+    fx_begin(f);
+    duet_swiglu_args a = {at(bg), at(bu), at(bo), rows, dim};
+    assert_int_equal(duet_dev_swiglu(f->d, f->s, &a), DUET_OK);
+    fx_finish(f, bo, out, n);
+    duet_dev_buffer_free(f->d, bg);
+    duet_dev_buffer_free(f->d, bu);
+    duet_dev_buffer_free(f->d, bo);
+}
+
+/* a += b; a is updated in place. */
+static void run_add(fx *f, float *a, const float *b, int64_t n)
+{
+    duet_buffer *ba = fx_buf(f, a, 4 * n), *bb = fx_buf(f, b, 4 * n);
+    fx_begin(f);
+    duet_add_args args = {at(ba), at(bb), n};
+    assert_int_equal(duet_dev_add(f->d, f->s, &args), DUET_OK);
+    fx_finish(f, ba, a, 4 * n);
+    duet_dev_buffer_free(f->d, ba);
+    duet_dev_buffer_free(f->d, bb);
+}
+
+static void run_gather(fx *f, const float *x, const int32_t *rows, int n_in, int n_out, int dim,
+                       float *out)
+{
+    duet_buffer *bx = fx_buf(f, x, 4ull * n_in * dim), *br = fx_buf(f, rows, 4ull * n_out);
+    duet_buffer *bo = fx_buf(f, NULL, 4ull * n_out * dim);
+    fx_begin(f);
+    duet_gather_rows_args a = {at(bx), at(br), at(bo), n_in, n_out, dim};
+    assert_int_equal(duet_dev_gather_rows(f->d, f->s, &a), DUET_OK);
+    fx_finish(f, bo, out, 4ull * n_out * dim);
+    duet_dev_buffer_free(f->d, bx);
+    duet_dev_buffer_free(f->d, br);
+    duet_dev_buffer_free(f->d, bo);
+}
+
+typedef struct kvw_case {
+    int n_tokens, n_kv_heads, head_dim, num_blocks, block_size;
+    duet_dtype cache_type;
+    const float *k, *v;
+    const int32_t *slots;
+} kvw_case;
+
+/* k_cache / v_cache: host images updated in place (pre-filled by caller). */
+static void run_kv_write(fx *f, const kvw_case *c, void *k_cache, void *v_cache)
+{
+    size_t row = 4ull * c->n_kv_heads * c->head_dim;
+    size_t cb = (size_t)c->num_blocks * c->block_size * c->n_kv_heads * c->head_dim *
+                (c->cache_type == DUET_F16 ? 2 : 4);
+    duet_buffer *bk = fx_buf(f, c->k, row * c->n_tokens), *bv = fx_buf(f, c->v, row * c->n_tokens);
+    duet_buffer *bs = fx_buf(f, c->slots, 4ull * c->n_tokens);
+    duet_buffer *bkc = fx_buf(f, k_cache, cb), *bvc = fx_buf(f, v_cache, cb);
+    fx_begin(f);
+    duet_kv_write_args a = {at(bk), at(bv), at(bs), at(bkc), at(bvc), c->cache_type,
+                            c->n_tokens, c->n_kv_heads, c->head_dim, c->num_blocks,
+                            c->block_size};
+    assert_int_equal(duet_dev_kv_write(f->d, f->s, &a), DUET_OK);
+    assert_int_equal(duet_dev_download(f->d, f->s, at(bvc), v_cache, cb), DUET_OK);
+    fx_finish(f, bkc, k_cache, cb);
+    duet_buffer *all[] = {bk, bv, bs, bkc, bvc};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        duet_dev_buffer_free(f->d, all[i]);
+}
+
+/* ---- thread pool --------------------------------------------------------------- */
+
+static void test_split_rows(void **state)
+{
+    (void)state;
+    int64_t ns[] = {0, 1, 7, 100, 1001};
+    int nths[] = {1, 2, 3, 7};
+    int64_t aligns[] = {1, 8, 64};
+    for (size_t a = 0; a < 5; a++)
+        for (size_t b = 0; b < 4; b++)
+            for (size_t c = 0; c < 3; c++) {
+                int64_t n = ns[a], al = aligns[c], next = 0;
+                for (int ith = 0; ith < nths[b]; ith++) {
+                    int64_t lo, hi;
+                    duet_split_rows(n, ith, nths[b], al, &lo, &hi);
+                    assert_int_equal(lo, next); /* contiguous, in order */
+                    assert_true(hi >= lo);
+                    assert_true(lo == n || lo % al == 0);
+                    /* balanced: no part more than one unit above the mean */
+                    assert_true(hi - lo <= ((n + al - 1) / al / nths[b] + 1) * al);
+                    next = hi;
+                }
+                assert_int_equal(next, n);
+            }
+}
+
+typedef struct pool_probe {
+    int calls[8];
+    int nth_seen[8];
+} pool_probe;
+
+static void probe_fn(void *arg, int ith, int nth)
+{
+    pool_probe *p = arg;
+    p->calls[ith]++; /* each ith is written by exactly one thread */
+    p->nth_seen[ith] = nth;
+}
+
+static void test_threadpool_run(void **state)
+{
+    (void)state;
+    for (int n = 1; n <= 4; n++) {
+        duet_threadpool *pool = NULL;
+        assert_int_equal(duet_threadpool_create(n, &pool), DUET_OK);
+        assert_int_equal(duet_threadpool_size(pool), n);
+        for (int rep = 0; rep < 200; rep++) {
+            pool_probe p = {0};
+            duet_threadpool_run(pool, probe_fn, &p);
+            for (int i = 0; i < 8; i++) {
+                assert_int_equal(p.calls[i], i < n ? 1 : 0);
+                if (i < n)
+                    assert_int_equal(p.nth_seen[i], n);
+            }
+        }
+        duet_threadpool_free(pool);
+    }
+    duet_threadpool *bad = (duet_threadpool *)1;
+    assert_int_equal(duet_threadpool_create(0, &bad), DUET_ERR_INVALID_ARG);
+    assert_null(bad);
+    duet_threadpool_free(NULL);
+}
+
+/* ---- embed --------------------------------------------------------------------- */
+
+static void test_embed(void **state)
+{
+    (void)state;
+    fx ref = fx_open(1, 1), fast = fx_open(2, 0);
+    fx *devs[] = {&ref, &fast};
+
+    /* F32 table: rows come back unchanged. */
+    enum { V = 10, E = 8 };
+    float *table = frand_array(V * E);
+    int32_t ids[] = {3, 0, 9, 3};
+    float out[4 * E];
+    for (int d = 0; d < 2; d++) {
+        run_embed(devs[d], ids, table, sizeof(float) * V * E, DUET_F32, 4, V, E, out);
+        for (int t = 0; t < 4; t++)
+            assert_memory_equal(out + t * E, table + ids[t] * E, sizeof(float) * E);
+    }
+
+    /* Q8_0 table, 2 blocks per row: x = d * q with d = 0.5 (exact in half). */
+    enum { QV = 4, QE = 64, BLK = 34 };
+    unsigned char q8[QV * 2 * BLK];
+    for (int r = 0; r < QV; r++)
+        for (int b = 0; b < 2; b++) {
+            unsigned char *blk = q8 + (r * 2 + b) * BLK;
+            uint16_t h = duet_f32_to_f16(0.5f);
+            memcpy(blk, &h, 2);
+            for (int i = 0; i < 32; i++)
+                blk[2 + i] = (unsigned char)(int8_t)(i - 16 + r * 3 + b);
+        }
+    int32_t qids[] = {2, 1, 2, 3, 0};
+    float qout[5 * QE], qref[5 * QE];
+    for (int d = 0; d < 2; d++) {
+        run_embed(devs[d], qids, q8, sizeof q8, DUET_Q8_0, 5, QV, QE, qout);
+        for (int t = 0; t < 5; t++)
+            for (int i = 0; i < QE; i++) {
+                int r = qids[t], b = i / 32;
+                assert_true(qout[t * QE + i] == 0.5f * (float)(i % 32 - 16 + r * 3 + b));
+            }
+        if (d == 0)
+            memcpy(qref, qout, sizeof qout);
+    }
+    assert_memory_equal(qout, qref, sizeof qout); /* fast == reference, bitwise */
+
+    /* A batch large enough to be split across threads. */
+    enum { BIG = 300 };
+    int32_t big_ids[BIG];
+    for (int t = 0; t < BIG; t++)
+        big_ids[t] = (t * 7) % QV;
+    float *big[2];
+    for (int d = 0; d < 2; d++) {
+        big[d] = malloc(sizeof(float) * BIG * QE);
+        run_embed(devs[d], big_ids, q8, sizeof q8, DUET_Q8_0, BIG, QV, QE, big[d]);
+    }
+    assert_all_finite(big[1], (size_t)BIG * QE);
+    assert_memory_equal(big[0], big[1], sizeof(float) * BIG * QE);
+    free(big[0]), free(big[1]);
+
+    /* An id outside [0, vocab) gives a visible NaN row, not a wild read. */
+    int32_t bad[] = {1, -1, QV, 0};
+    float bout[4 * QE];
+    for (int d = 0; d < 2; d++) {
+        run_embed(devs[d], bad, q8, sizeof q8, DUET_Q8_0, 4, QV, QE, bout);
+        assert_all_finite(bout, QE);
+        assert_all_finite(bout + 3 * QE, QE);
+        for (int i = QE; i < 3 * QE; i++)
+            assert_true(isnan(bout[i]));
+    }
+    free(table);
+    fx_close(&ref);
+    fx_close(&fast);
+}
+
+/* ---- rms_norm ------------------------------------------------------------------ */
+
+static void test_rms_norm_known(void **state)
+{
+    (void)state;
+    float x[] = {1, 2, 3, 4}, w[] = {1, 1, 2, 0.5f}, out[4];
+    double r = 1.0 / sqrt(30.0 / 4 + 1e-5);
+    for (int reference = 0; reference < 2; reference++) {
+        fx f = fx_open(2, reference);
+        run_rms_norm(&f, x, w, 1, 4, 1e-5f, out);
+        for (int i = 0; i < 4; i++)
+            assert_close(out[i], x[i] * r * w[i], 1e-6);
+        fx_close(&f);
+    }
+}
+
+static void test_rms_norm_fast_vs_ref(void **state)
+{
+    (void)state;
+    fx ref = fx_open(1, 1), fast1 = fx_open(1, 0), fast2 = fx_open(2, 0);
+    int shapes[][2] = {{1, 576}, {7, 13}, {33, 1536}, {3, 8}, {2, 1}};
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int rows = shapes[c][0], dim = shapes[c][1];
+        float *x = frand_array((size_t)rows * dim), *w = frand_array(dim);
+        float *a = malloc(4ull * rows * dim), *b = malloc(4ull * rows * dim);
+        float *c2 = malloc(4ull * rows * dim);
+        run_rms_norm(&ref, x, w, rows, dim, 1e-6f, a);
+        run_rms_norm(&fast1, x, w, rows, dim, 1e-6f, b);
+        run_rms_norm(&fast2, x, w, rows, dim, 1e-6f, c2);
+        assert_nmse(b, a, (size_t)rows * dim, 1e-7);
+        assert_memory_equal(b, c2, 4ull * rows * dim);
+        /* Row 0 alone gives the same bits as row 0 in the batch. */
+        run_rms_norm(&fast2, x, w, 1, dim, 1e-6f, c2);
+        assert_memory_equal(b, c2, 4ull * dim);
+        free(x), free(w), free(a), free(b), free(c2);
+    }
+    fx_close(&ref);
+    fx_close(&fast1);
+    fx_close(&fast2);
+}
+
+/* ---- rope ---------------------------------------------------------------------- */
+
+static void test_rope_known(void **state)
+{
+    (void)state;
+    int32_t pos[] = {3};
+    double a0 = 3.0, a1 = 3.0 * pow(10000.0, -0.5); /* pair angles for rot_dim 4 */
+    for (int reference = 0; reference < 2; reference++) {
+        fx f = fx_open(2, reference);
+        /* normal: pairs (0,1), (2,3) */
+        rope_case c = {1, 1, 1, 4, 4, DUET_ROPE_NORMAL, 10000.0f, pos, NULL};
+        float q[] = {1, 0, 0, 1}, k[] = {0, 1, 1, 0};
+        run_rope(&f, &c, q, k);
+        double wq[] = {cos(a0), sin(a0), -sin(a1), cos(a1)};
+        double wk[] = {-sin(a0), cos(a0), cos(a1), sin(a1)};
+        for (int i = 0; i < 4; i++) {
+            assert_close(q[i], wq[i], 1e-6);
+            assert_close(k[i], wk[i], 1e-6);
+        }
+        /* neox: pairs (0,2), (1,3) */
+        c.mode = DUET_ROPE_NEOX;
+        float q2[] = {1, 0, 0, 1}, k2[] = {0, 1, 1, 0};
+        run_rope(&f, &c, q2, k2);
+        double wq2[] = {cos(a0), -sin(a1), sin(a0), cos(a1)};
+        double wk2[] = {-sin(a0), cos(a1), cos(a0), sin(a1)};
+        for (int i = 0; i < 4; i++) {
+            assert_close(q2[i], wq2[i], 1e-6);
+            assert_close(k2[i], wk2[i], 1e-6);
+        }
+        /* freq_factors divide the angle; dims past rot_dim are untouched. */
+        float ff[] = {2.0f};
+        rope_case p = {1, 1, 1, 4, 2, DUET_ROPE_NORMAL, 10000.0f, pos, ff};
+        float q3[] = {1, 0, 0.25f, -7}, k3[] = {0, 2, 5, 6};
+        run_rope(&f, &p, q3, k3);
+        assert_close(q3[0], cos(1.5), 1e-6);
+        assert_close(q3[1], sin(1.5), 1e-6);
+        assert_close(k3[0], -2 * sin(1.5), 1e-6);
+        assert_close(k3[1], 2 * cos(1.5), 1e-6);
+        assert_true(q3[2] == 0.25f && q3[3] == -7.0f && k3[2] == 5.0f && k3[3] == 6.0f);
+        fx_close(&f);
+    }
+}
+
+static void test_rope_fast_vs_ref(void **state)
+{
+    (void)state;
+    fx ref = fx_open(1, 1), fast1 = fx_open(1, 0), fast2 = fx_open(2, 0);
+    /* tokens, heads, kv heads, head_dim, rot_dim, mode, with freq_factors */
+    int cases[][7] = {{1, 9, 3, 64, 64, 0, 0}, {37, 9, 3, 64, 64, 0, 0},
+                      {5, 4, 2, 128, 128, 1, 1}, {6, 2, 1, 96, 32, 1, 0},
+                      {3, 3, 3, 10, 6, 0, 1}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        int *k = cases[c];
+        int32_t *pos = malloc(4ull * k[0]);
+        for (int t = 0; t < k[0]; t++)
+            pos[t] = (int32_t)(fabsf(frand()) * 4000);
+        float *ff = NULL;
+        if (k[6]) {
+            ff = malloc(2ull * k[4]);
+            for (int i = 0; i < k[4] / 2; i++)
+                ff[i] = 1.0f + 7.0f * fabsf(frand());
+        }
+        rope_case rc = {k[0], k[1], k[2], k[3], k[4], (duet_rope_mode)k[5], 100000.0f, pos, ff};
+        size_t qn = (size_t)k[0] * k[1] * k[3], kn = (size_t)k[0] * k[2] * k[3];
+        float *q = frand_array(qn), *kk = frand_array(kn);
+        float *q_ref = malloc(4 * qn), *k_ref = malloc(4 * kn);
+        float *q_f1 = malloc(4 * qn), *k_f1 = malloc(4 * kn);
+        float *q_f2 = malloc(4 * qn), *k_f2 = malloc(4 * kn);
+        memcpy(q_ref, q, 4 * qn), memcpy(k_ref, kk, 4 * kn);
+        memcpy(q_f1, q, 4 * qn), memcpy(k_f1, kk, 4 * kn);
+        memcpy(q_f2, q, 4 * qn), memcpy(k_f2, kk, 4 * kn);
+        run_rope(&ref, &rc, q_ref, k_ref);
+        run_rope(&fast1, &rc, q_f1, k_f1);
+        run_rope(&fast2, &rc, q_f2, k_f2);
+        assert_nmse(q_f1, q_ref, qn, 1e-7);
+        assert_nmse(k_f1, k_ref, kn, 1e-7);
+        assert_memory_equal(q_f1, q_f2, 4 * qn);
+        assert_memory_equal(k_f1, k_f2, 4 * kn);
+        free(pos), free(ff), free(q), free(kk), free(q_ref), free(k_ref);
+        free(q_f1), free(k_f1), free(q_f2), free(k_f2);
+    }
+    fx_close(&ref);
+    fx_close(&fast1);
+    fx_close(&fast2);
+}
+
+/* ---- kv_write ------------------------------------------------------------------ */
+
+static void test_kv_write(void **state)
+{
+    (void)state;
+    enum { T = 6, KVH = 2, D = 8, NB = 4, BS = 4, ROW = KVH * D, SLOTS = NB * BS };
+    int32_t slots[T] = {5, -1, 0, 15, 9, SLOTS}; /* -1 and out-of-range: skipped */
+    float *k = frand_array(T * ROW), *v = frand_array(T * ROW);
+    for (int f16 = 0; f16 < 2; f16++) {
+        kvw_case c = {T, KVH, D, NB, BS, f16 ? DUET_F16 : DUET_F32, k, v, slots};
+        size_t esz = f16 ? 2 : 4, cb = (size_t)SLOTS * ROW * esz;
+        unsigned char *kc[2], *vc[2];
+        for (int dev = 0; dev < 2; dev++) {
+            fx f = fx_open(2, dev == 0);
+            kc[dev] = malloc(cb), vc[dev] = malloc(cb);
+            /* Sentinel 7.0 everywhere: untouched slots must keep it. */
+            for (size_t i = 0; i < (size_t)SLOTS * ROW; i++) {
+                if (f16) {
+                    uint16_t h = duet_f32_to_f16(7.0f);
+                    memcpy(kc[dev] + 2 * i, &h, 2), memcpy(vc[dev] + 2 * i, &h, 2);
+                } else {
+                    float s = 7.0f;
+                    memcpy(kc[dev] + 4 * i, &s, 4), memcpy(vc[dev] + 4 * i, &s, 4);
+                }
+            }
+            run_kv_write(&f, &c, kc[dev], vc[dev]);
+            fx_close(&f);
+            for (int slot = 0; slot < SLOTS; slot++) {
+                int src = -1;
+                for (int t = 0; t < T; t++)
+                    if (slots[t] == slot)
+                        src = t;
+                for (int i = 0; i < ROW; i++) {
+                    float wk = src < 0 ? 7.0f : k[src * ROW + i];
+                    float wv = src < 0 ? 7.0f : v[src * ROW + i];
+                    size_t e = (size_t)slot * ROW + i;
+                    if (f16) {
+                        uint16_t hk, hv;
+                        memcpy(&hk, kc[dev] + 2 * e, 2), memcpy(&hv, vc[dev] + 2 * e, 2);
+                        assert_int_equal(hk, duet_f32_to_f16(wk));
+                        assert_int_equal(hv, duet_f32_to_f16(wv));
+                    } else {
+                        float gk, gv;
+                        memcpy(&gk, kc[dev] + 4 * e, 4), memcpy(&gv, vc[dev] + 4 * e, 4);
+                        assert_true(gk == wk && gv == wv);
+                    }
+                }
+            }
+        }
+        assert_memory_equal(kc[0], kc[1], cb);
+        assert_memory_equal(vc[0], vc[1], cb);
+        for (int dev = 0; dev < 2; dev++)
+            free(kc[dev]), free(vc[dev]);
+    }
+    free(k), free(v);
+}
+
+static void test_kv_write_threaded(void **state)
+{
+    (void)state;
+    /* Enough tokens to split across threads; every slot written once. */
+    enum { T = 300, KVH = 3, D = 64, NB = 20, BS = 16, ROW = KVH * D };
+    int32_t slots[T];
+    for (int t = 0; t < T; t++)
+        slots[t] = t % 10 == 9 ? -1 : (t * 7) % (NB * BS);
+    float *k = frand_array(T * ROW), *v = frand_array(T * ROW);
+    for (int f16 = 0; f16 < 2; f16++) {
+        kvw_case c = {T, KVH, D, NB, BS, f16 ? DUET_F16 : DUET_F32, k, v, slots};
+        size_t cb = (size_t)NB * BS * ROW * (f16 ? 2 : 4);
+        unsigned char *kc[2], *vc[2];
+        for (int dev = 0; dev < 2; dev++) {
+            fx f = fx_open(2, dev == 0);
+            kc[dev] = calloc(1, cb), vc[dev] = calloc(1, cb);
+            run_kv_write(&f, &c, kc[dev], vc[dev]);
+            fx_close(&f);
+        }
+        assert_memory_equal(kc[0], kc[1], cb);
+        assert_memory_equal(vc[0], vc[1], cb);
+        for (int dev = 0; dev < 2; dev++)
+            free(kc[dev]), free(vc[dev]);
+    }
+    free(k), free(v);
+}
+
+/* ---- attention ----------------------------------------------------------------- */
+
+/* A paged KV cache image with random contents, plus the logical rows the
+ * test scattered into it (as the cache stores them: F16-rounded). */
+typedef struct kv_image {
+    int n_kv, hd, bs, num_blocks;
+    duet_dtype type;
+    void *k, *v; /* cache images */
+} kv_image;
+
+static kv_image kv_image_new(int n_kv, int hd, int bs, int num_blocks, duet_dtype type)
+{
+    kv_image m = {n_kv, hd, bs, num_blocks, type, NULL, NULL};
+    size_t n = (size_t)num_blocks * bs * n_kv * hd, esz = type == DUET_F16 ? 2 : 4;
+    m.k = malloc(n * esz), m.v = malloc(n * esz);
+    for (size_t i = 0; i < n; i++) {
+        float a = frand(), b = frand();
+        if (type == DUET_F16) {
+            ((uint16_t *)m.k)[i] = duet_f32_to_f16(a);
+            ((uint16_t *)m.v)[i] = duet_f32_to_f16(b);
+        } else {
+            ((float *)m.k)[i] = a, ((float *)m.v)[i] = b;
+        }
+    }
+    return m;
+}
+
+static void kv_image_free(kv_image *m) { free(m->k), free(m->v); }
+
+/* Write logical row (pos, kvh) = x[hd] through table; x is rounded to
+ * what the cache holds. */
+static void kv_image_put(kv_image *m, const int32_t *table, int pos, int kvh, void *cache,
+                         float *x)
+{
+    size_t e = (((size_t)table[pos / m->bs] * m->bs + pos % m->bs) * m->n_kv + kvh) * m->hd;
+    for (int d = 0; d < m->hd; d++) {
+        if (m->type == DUET_F16) {
+            uint16_t h = duet_f32_to_f16(x[d]);
+            x[d] = duet_f16_to_f32(h);
+            ((uint16_t *)cache)[e + d] = h;
+        } else {
+            ((float *)cache)[e + d] = x[d];
+        }
+    }
+}
+
+/* Naive attention of one query row over contiguous logical K/V
+ * [ctx][n_kv][hd], positions 0..pos, in double. */
+static void naive_attention(const float *q, const float *k, const float *v, int pos,
+                            int n_heads, int n_kv, int hd, float scale, float *out)
+{
+    int group = n_heads / n_kv;
+    for (int h = 0; h < n_heads; h++) {
+        int kvh = h / group;
+        double *w = malloc(sizeof(double) * (pos + 1)), max = -INFINITY, sum = 0;
+        for (int j = 0; j <= pos; j++) {
+            double dot = 0;
+            for (int d = 0; d < hd; d++)
+                dot += (double)q[h * hd + d] * k[((size_t)j * n_kv + kvh) * hd + d];
+            w[j] = dot * scale;
+            max = w[j] > max ? w[j] : max;
+        }
+        for (int j = 0; j <= pos; j++)
+            sum += (w[j] = exp(w[j] - max));
+        for (int d = 0; d < hd; d++) {
+            double acc = 0;
+            for (int j = 0; j <= pos; j++)
+                acc += w[j] * v[((size_t)j * n_kv + kvh) * hd + d];
+            out[h * hd + d] = (float)(acc / sum);
+        }
+        free(w);
+    }
+}
+
+/* A batch of sequences over one random paged cache with shuffled block
+ * tables; keeps the logical K/V per sequence for the naive check. */
+typedef struct attn_batch {
+    attn_case c;
+    kv_image m;
+    float *q;
+    int32_t *tables, *seq_lens, *qsl;
+    float **lk, **lv; /* per sequence [seq_len][n_kv][hd] */
+} attn_batch;
+
+static attn_batch batch_new(int n_seqs, const int *seq_lens, const int *q_lens, int n_heads,
+                            int n_kv, int hd, int bs, duet_dtype type)
+{
+    attn_batch b = {0};
+    int max_blocks = 1, total_blocks = 1, n_tokens = 0; /* block 0: the null block */
+    for (int s = 0; s < n_seqs; s++) {
+        int nb = (seq_lens[s] + bs - 1) / bs;
+        max_blocks = nb > max_blocks ? nb : max_blocks;
+        total_blocks += nb;
+        n_tokens += q_lens[s];
+    }
+    total_blocks += 3; /* spare blocks nobody owns: garbage that must not be read */
+    b.m = kv_image_new(n_kv, hd, bs, total_blocks, type);
+    /* Shuffled permutation of blocks 1..total-1. */
+    int *perm = malloc(sizeof(int) * total_blocks);
+    for (int i = 0; i < total_blocks; i++)
+        perm[i] = i;
+    for (int i = total_blocks - 1; i > 1; i--) {
+        int j = 1 + (int)((frand() + 1.0f) * 0.5f * i) % i;
+        int t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    b.tables = malloc(4ull * n_seqs * max_blocks);
+    b.seq_lens = malloc(4ull * n_seqs);
+    b.qsl = malloc(4ull * (n_seqs + 1));
+    b.lk = calloc(n_seqs, sizeof *b.lk), b.lv = calloc(n_seqs, sizeof *b.lv);
+    b.q = frand_array((size_t)n_tokens * n_heads * hd);
+    int next = 1;
+    b.qsl[0] = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        int32_t *table = b.tables + (size_t)s * max_blocks;
+        for (int i = 0; i < max_blocks; i++)
+            table[i] = i * bs < seq_lens[s] ? perm[next++] : 0;
+        b.seq_lens[s] = seq_lens[s];
+        b.qsl[s + 1] = b.qsl[s] + q_lens[s];
+        size_t n = (size_t)seq_lens[s] * n_kv * hd;
+        b.lk[s] = frand_array(n), b.lv[s] = frand_array(n);
+        for (int pos = 0; pos < seq_lens[s]; pos++)
+            for (int h = 0; h < n_kv; h++) {
+                size_t o = ((size_t)pos * n_kv + h) * hd;
+                kv_image_put(&b.m, table, pos, h, b.m.k, b.lk[s] + o);
+                kv_image_put(&b.m, table, pos, h, b.m.v, b.lv[s] + o);
+            }
+    }
+    free(perm);
+    b.c = (attn_case){n_tokens, n_seqs, n_heads, n_kv, hd, total_blocks, bs, max_blocks,
+                      type, b.q, b.m.k, b.m.v, b.tables, b.seq_lens, b.qsl,
+                      (float)(1.0 / sqrt(hd))};
+    return b;
+}
+
+static void batch_free(attn_batch *b)
+{
+    for (int s = 0; s < b->c.n_seqs; s++)
+        free(b->lk[s]), free(b->lv[s]);
+    free(b->lk), free(b->lv), free(b->q), free(b->tables), free(b->seq_lens), free(b->qsl);
+    kv_image_free(&b->m);
+}
+
+/* The naive answer for the whole batch. */
+static void batch_naive(const attn_batch *b, float *out)
+{
+    const attn_case *c = &b->c;
+    size_t row = (size_t)c->n_heads * c->head_dim;
+    for (int s = 0; s < c->n_seqs; s++) {
+        int q_len = c->qsl[s + 1] - c->qsl[s];
+        for (int i = 0; i < q_len; i++) {
+            size_t t = (size_t)c->qsl[s] + i;
+            naive_attention(c->q + t * row, b->lk[s], b->lv[s], c->seq_lens[s] - q_len + i,
+                            c->n_heads, c->n_kv_heads, c->head_dim, c->scale, out + t * row);
+        }
+    }
+}
+
+static size_t attn_out_len(const attn_case *c)
+{
+    return (size_t)c->n_tokens * c->n_heads * c->head_dim;
+}
+
+static void test_attention_one_key(void **state)
+{
+    (void)state;
+    /* One cached position: softmax weight 1, output = that value, exactly. */
+    int seq_len[] = {1}, q_len[] = {1};
+    for (int dev = 0; dev < 2; dev++) {
+        attn_batch b = batch_new(1, seq_len, q_len, 2, 1, 8, 4, DUET_F32);
+        float out[16];
+        fx f = fx_open(2, dev == 0);
+        run_attention(&f, &b.c, out);
+        fx_close(&f);
+        for (int h = 0; h < 2; h++)
+            assert_memory_equal(out + h * 8, b.lv[0], sizeof(float) * 8);
+        batch_free(&b);
+    }
+}
+
+static void test_attention_causal(void **state)
+{
+    (void)state;
+    /* A fresh 3-token prefill: token 0 sees only itself (exactly v0), the
+     * others match the naive causal answer. Without the mask token 0
+     * would be a blend. */
+    int seq_len[] = {3}, q_len[] = {3};
+    for (int dev = 0; dev < 2; dev++) {
+        attn_batch b = batch_new(1, seq_len, q_len, 1, 1, 8, 2, DUET_F32);
+        float out[24], want[24];
+        fx f = fx_open(2, dev == 0);
+        run_attention(&f, &b.c, out);
+        fx_close(&f);
+        batch_naive(&b, want);
+        assert_memory_equal(out, b.lv[0], sizeof(float) * 8);
+        for (int i = 0; i < 24; i++)
+            assert_close(out[i], want[i], 1e-6);
+        batch_free(&b);
+    }
+}
+
+static void test_attention_gqa(void **state)
+{
+    (void)state;
+    /* 4 query heads on 2 kv heads: heads 0,1 read kv head 0 (values all
+     * 1), heads 2,3 read kv head 1 (values all 2). */
+    int seq_len[] = {5}, q_len[] = {1};
+    for (int dev = 0; dev < 2; dev++) {
+        attn_batch b = batch_new(1, seq_len, q_len, 4, 2, 8, 4, DUET_F32);
+        const int32_t *table = b.tables;
+        for (int pos = 0; pos < 5; pos++)
+            for (int h = 0; h < 2; h++) {
+                float x[8];
+                for (int d = 0; d < 8; d++)
+                    x[d] = (float)(h + 1);
+                kv_image_put(&b.m, table, pos, h, b.m.v, x);
+            }
+        float out[32];
+        fx f = fx_open(2, dev == 0);
+        run_attention(&f, &b.c, out);
+        fx_close(&f);
+        for (int h = 0; h < 4; h++)
+            for (int d = 0; d < 8; d++)
+                assert_close(out[h * 8 + d], h < 2 ? 1.0 : 2.0, 1e-6);
+        batch_free(&b);
+    }
+}
+
+static void test_attention_paged_vs_naive(void **state)
+{
+    (void)state;
+    /* Shuffled block tables against a contiguous naive attention: a
+     * decode over 37 positions and a 6-token chunk continuing after 20. */
+    int seq_len[] = {37, 26}, q_len[] = {1, 6};
+    for (int f16 = 0; f16 < 2; f16++)
+        for (int dev = 0; dev < 2; dev++) {
+            attn_batch b = batch_new(2, seq_len, q_len, 6, 2, 32, 8,
+                                     f16 ? DUET_F16 : DUET_F32);
+            size_t n = attn_out_len(&b.c);
+            float *out = malloc(4 * n), *want = malloc(4 * n);
+            fx f = fx_open(2, dev == 0);
+            run_attention(&f, &b.c, out);
+            fx_close(&f);
+            batch_naive(&b, want);
+            assert_nmse(out, want, n, 1e-9);
+            free(out), free(want);
+            batch_free(&b);
+        }
+}
+
+static void test_attention_fast_vs_ref(void **state)
+{
+    (void)state;
+    fx ref = fx_open(1, 1), fast = fx_open(2, 0);
+    /* heads, kv heads, head_dim, block_size */
+    int shapes[][4] = {{9, 3, 64, 16}, {4, 4, 32, 16}, {8, 2, 128, 16}, {6, 3, 40, 5},
+                       {4, 2, 12, 16}};
+    int dec_len[] = {1, 16, 17, 100}, dec_q[] = {1, 1, 1, 1};
+    int pre_len[] = {70}, pre_q[] = {70};
+    int mix_len[] = {16, 7, 45}, mix_q[] = {5, 1, 1};
+    for (size_t sh = 0; sh < sizeof shapes / sizeof *shapes; sh++)
+        for (int f16 = 0; f16 < 2; f16++)
+            for (int kind = 0; kind < 3; kind++) {
+                int *k = shapes[sh];
+                const int *lens = kind == 0 ? dec_len : kind == 1 ? pre_len : mix_len;
+                const int *qs = kind == 0 ? dec_q : kind == 1 ? pre_q : mix_q;
+                int ns = kind == 0 ? 4 : kind == 1 ? 1 : 3;
+                attn_batch b = batch_new(ns, lens, qs, k[0], k[1], k[2], k[3],
+                                         f16 ? DUET_F16 : DUET_F32);
+                size_t n = attn_out_len(&b.c);
+                float *o_ref = malloc(4 * n), *o_fast = malloc(4 * n);
+                run_attention(&ref, &b.c, o_ref);
+                run_attention(&fast, &b.c, o_fast);
+                assert_all_finite(o_ref, n);
+                assert_nmse(o_fast, o_ref, n, 5e-4);
+                /* Far tighter in practice; catch a silent precision loss. */
+                assert_nmse(o_fast, o_ref, n, 1e-10);
+                free(o_ref), free(o_fast);
+                batch_free(&b);
+            }
+    fx_close(&ref);
+    fx_close(&fast);
+}
+
+/* Run sequence s of b alone (same cache, same block table). */
+static void run_alone(fx *f, const attn_batch *b, int s, float *out)
+{
+    const attn_case *c = &b->c;
+    size_t row = (size_t)c->n_heads * c->head_dim;
+    int32_t qsl[2] = {0, c->qsl[s + 1] - c->qsl[s]};
+    attn_case one = *c;
+    one.n_tokens = qsl[1];
+    one.n_seqs = 1;
+    one.q = c->q + (size_t)c->qsl[s] * row;
+    one.block_tables = c->block_tables + (size_t)s * c->max_blocks;
+    one.seq_lens = c->seq_lens + s;
+    one.qsl = qsl;
+    run_attention(f, &one, out);
+}
+
+static void test_attention_batch_invariance(void **state)
+{
+    (void)state;
+    /* A 5-token prefill chunk after 11 cached tokens, and two decodes. */
+    int seq_len[] = {16, 9, 40}, q_len[] = {5, 1, 1};
+    fx fast1 = fx_open(1, 0), fast2 = fx_open(2, 0);
+    for (int f16 = 0; f16 < 2; f16++) {
+        attn_batch b = batch_new(3, seq_len, q_len, 9, 3, 64, 16, f16 ? DUET_F16 : DUET_F32);
+        size_t n = attn_out_len(&b.c), row = (size_t)9 * 64;
+        float *batched = malloc(4 * n), *one_thread = malloc(4 * n), *alone = malloc(4 * n);
+        run_attention(&fast2, &b.c, batched);
+        run_attention(&fast1, &b.c, one_thread);
+        assert_all_finite(batched, n);
+        assert_memory_equal(batched, one_thread, 4 * n);
+        for (int s = 0; s < 3; s++) {
+            run_alone(&fast2, &b, s, alone);
+            assert_memory_equal(batched + b.qsl[s] * row, alone, 4 * row * q_len[s]);
+        }
+        free(batched), free(one_thread), free(alone);
+        batch_free(&b);
+    }
+    fx_close(&fast1);
+    fx_close(&fast2);
+}
+
+static void test_attention_bad_metadata(void **state)
+{
+    (void)state;
+    /* A block id outside the cache poisons only its own sequence. */
+    int seq_len[] = {20, 9}, q_len[] = {2, 1};
+    for (int dev = 0; dev < 2; dev++) {
+        attn_batch b = batch_new(2, seq_len, q_len, 2, 1, 8, 4, DUET_F32);
+        b.tables[1] = b.c.num_blocks; /* seq 0, block 1 */
+        float out[3 * 16];
+        fx f = fx_open(2, dev == 0);
+        run_attention(&f, &b.c, out);
+        for (int i = 0; i < 32; i++)
+            assert_true(isnan(out[i]));
+        assert_all_finite(out + 32, 16);
+        /* seq_len shorter than the query count: that sequence is NaN. */
+        b.tables[1] = b.tables[b.c.max_blocks]; /* repair, then break seq 0 */
+        b.seq_lens[0] = 1;
+        run_attention(&f, &b.c, out);
+        for (int i = 0; i < 32; i++)
+            assert_true(isnan(out[i]));
+        assert_all_finite(out + 32, 16);
+        /* A padding token (past the last sequence) is NaN; seq 0 is fine. */
+        b.seq_lens[0] = 20;
+        b.c.n_seqs = 1;
+        run_attention(&f, &b.c, out);
+        assert_all_finite(out, 32);
+        for (int i = 32; i < 48; i++)
+            assert_true(isnan(out[i]));
+        b.c.n_seqs = 2;
+        fx_close(&f);
+        batch_free(&b);
+    }
+}
+
+/* ---- elementwise ops, gather, matmul -------------------------------------------- */
+
+static void test_swiglu(void **state)
+{
+    (void)state;
+    fx ref = fx_open(1, 1), fast1 = fx_open(1, 0), fast2 = fx_open(2, 0);
+    float g[] = {1, -2, 0}, u[] = {2, 1, 5}, out[3];
+    fx *devs[] = {&ref, &fast2};
+    for (int d = 0; d < 2; d++) {
+        run_swiglu(devs[d], g, u, 1, 3, out);
+        assert_close(out[0], 2.0 / (1.0 + exp(-1.0)), 1e-6);
+        assert_close(out[1], -2.0 / (1.0 + exp(2.0)), 1e-6);
+        assert_close(out[2], 0.0, 0.0);
+    }
+    int shapes[][2] = {{5, 1536}, {3, 13}, {1, 7}, {64, 100}, {37, 1000}}; /* last: threaded */
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        size_t n = (size_t)shapes[c][0] * shapes[c][1];
+        float *gg = frand_array(n), *uu = frand_array(n);
+        for (size_t i = 0; i < n; i++)
+            gg[i] *= 12.0f; /* reach both tails of silu */
+        float *a = malloc(4 * n), *b = malloc(4 * n), *b2 = malloc(4 * n);
+        run_swiglu(&ref, gg, uu, shapes[c][0], shapes[c][1], a);
+        run_swiglu(&fast1, gg, uu, shapes[c][0], shapes[c][1], b);
+        run_swiglu(&fast2, gg, uu, shapes[c][0], shapes[c][1], b2);
+        assert_nmse(b, a, n, 1e-7);
+        assert_memory_equal(b, b2, 4 * n);
+        free(gg), free(uu), free(a), free(b), free(b2);
+    }
+    fx_close(&ref);
+    fx_close(&fast1);
+    fx_close(&fast2);
+}
+
+static void test_add(void **state)
+{
+    (void)state;
+    int64_t sizes[] = {13, 576, 100003};
+    for (size_t c = 0; c < 3; c++) {
+        int64_t n = sizes[c];
+        float *a = frand_array(n), *b = frand_array(n), *want = malloc(4 * n);
+        for (int64_t i = 0; i < n; i++)
+            want[i] = a[i] + b[i];
+        for (int dev = 0; dev < 2; dev++) {
+            fx f = fx_open(2, dev == 0);
+            float *got = malloc(4 * n);
+            memcpy(got, a, 4 * n);
+            run_add(&f, got, b, n);
+            assert_memory_equal(got, want, 4 * n);
+            free(got);
+            fx_close(&f);
+        }
+        free(a), free(b), free(want);
+    }
+}
+
+static void test_gather_rows(void **state)
+{
+    (void)state;
+    enum { NIN = 5, DIM = 11 };
+    float *x = frand_array(NIN * DIM);
+    int32_t rows[] = {2, 0, 4, 2}, bad[] = {1, 5, -3};
+    float out[4 * DIM];
+    for (int dev = 0; dev < 2; dev++) {
+        fx f = fx_open(2, dev == 0);
+        run_gather(&f, x, rows, NIN, 4, DIM, out);
+        for (int r = 0; r < 4; r++)
+            assert_memory_equal(out + r * DIM, x + rows[r] * DIM, 4 * DIM);
+        run_gather(&f, x, bad, NIN, 3, DIM, out);
+        assert_memory_equal(out, x + DIM, 4 * DIM);
+        for (int i = DIM; i < 3 * DIM; i++)
+            assert_true(isnan(out[i]));
+        fx_close(&f);
+    }
+    free(x);
+}
+
+static void test_matmul_dispatch(void **state)
+{
+    (void)state;
+    enum { M = 3, K = 64, N = 5 };
+    float *x = frand_array(M * K), *w = frand_array(N * K), *bias = frand_array(N);
+    float want[M * N], got[M * N];
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double acc = bias[j];
+            for (int k = 0; k < K; k++)
+                acc += (double)x[i * K + k] * w[j * K + k];
+            want[i * N + j] = (float)acc;
+        }
+    for (int dev = 0; dev < 2; dev++) {
+        fx f = fx_open(2, dev == 0);
+        duet_buffer *bx = fx_buf(&f, x, sizeof(float) * M * K);
+        duet_buffer *bw = fx_buf(&f, w, sizeof(float) * N * K);
+        duet_buffer *bb = fx_buf(&f, bias, sizeof(float) * N);
+        duet_buffer *bo = fx_buf(&f, NULL, sizeof got);
+        fx_begin(&f);
+        duet_matmul_args a = {at(bx), at(bw), at(bb), at(bo), DUET_F32, M, K, N};
+        assert_int_equal(duet_dev_matmul(f.d, f.s, &a), DUET_OK);
+        fx_finish(&f, bo, got, sizeof got);
+        assert_nmse(got, want, M * N, 1e-10);
+        duet_buffer *all[] = {bx, bw, bb, bo};
+        for (int i = 0; i < 4; i++)
+            duet_dev_buffer_free(f.d, all[i]);
+        fx_close(&f);
+    }
+    free(x), free(w), free(bias);
+}
+
+/* ---- streams, buffers, device --------------------------------------------------- */
+
+static void test_stream_semantics(void **state)
+{
+    (void)state;
+    fx f = fx_open(2, 0);
+    enum { N = 100 };
+    float a[N], b[N], got[N];
+    duet_buffer *ba = fx_buf(&f, NULL, sizeof a), *bb = fx_buf(&f, NULL, sizeof b);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++)
+            a[i] = (float)(i + round), b[i] = (float)(10 * i);
+        /* upload -> add -> download in one recording */
+        fx_begin(&f);
+        assert_int_equal(duet_dev_upload(f.d, f.s, at(ba), a, sizeof a), DUET_OK);
+        assert_int_equal(duet_dev_upload(f.d, f.s, at(bb), b, sizeof b), DUET_OK);
+        /* The upload copied at record time: scribbling now changes nothing. */
+        memset(a, 0, sizeof a);
+        duet_add_args add = {at(ba), at(bb), N};
+        assert_int_equal(duet_dev_add(f.d, f.s, &add), DUET_OK);
+        assert_int_equal(duet_dev_add(f.d, f.s, &add), DUET_OK);
+        fx_finish(&f, ba, got, sizeof got);
+        for (int i = 0; i < N; i++)
+            assert_true(got[i] == (float)(i + round + 20 * i));
+        /* Recording or submitting again needs a begin first. */
+        assert_int_equal(duet_dev_add(f.d, f.s, &add), DUET_ERR_INVALID_ARG);
+        assert_int_equal(duet_dev_stream_submit(f.d, f.s), DUET_ERR_INVALID_ARG);
+    }
+    /* Submit without waiting, then begin: begin waits for the work. */
+    fx_begin(&f);
+    duet_add_args add = {at(ba), at(bb), N};
+    assert_int_equal(duet_dev_add(f.d, f.s, &add), DUET_OK);
+    assert_int_equal(duet_dev_stream_submit(f.d, f.s), DUET_OK);
+    fx_begin(&f);
+    fx_finish(&f, ba, got, sizeof got);
+    for (int i = 0; i < N; i++)
+        assert_true(got[i] == (float)(i + 2 + 30 * i));
+    /* Two streams on one device take turns on the pool. */
+    duet_stream *s2 = NULL;
+    assert_int_equal(duet_dev_stream_create(f.d, &s2), DUET_OK);
+    assert_int_equal(duet_dev_stream_begin(f.d, s2), DUET_OK);
+    assert_int_equal(duet_dev_add(f.d, s2, &add), DUET_OK);
+    fx_begin(&f);
+    assert_int_equal(duet_dev_add(f.d, f.s, &(duet_add_args){at(bb), at(bb), N}), DUET_OK);
+    assert_int_equal(duet_dev_stream_submit(f.d, s2), DUET_OK);
+    assert_int_equal(duet_dev_stream_submit(f.d, f.s), DUET_OK);
+    assert_int_equal(duet_dev_stream_wait(f.d, s2), DUET_OK);
+    assert_int_equal(duet_dev_stream_wait(f.d, f.s), DUET_OK);
+    assert_int_equal(duet_dev_buffer_read(f.d, at(bb), got, sizeof got), DUET_OK);
+    for (int i = 0; i < N; i++)
+        assert_true(got[i] == (float)(20 * i));
+    /* Destroying a stream with work in flight waits for it. */
+    assert_int_equal(duet_dev_stream_begin(f.d, s2), DUET_OK);
+    assert_int_equal(duet_dev_add(f.d, s2, &add), DUET_OK);
+    assert_int_equal(duet_dev_stream_submit(f.d, s2), DUET_OK);
+    duet_dev_stream_destroy(f.d, s2);
+    duet_dev_buffer_free(f.d, ba);
+    duet_dev_buffer_free(f.d, bb);
+    fx_close(&f);
+}
+
+static void test_wrap_host(void **state)
+{
+    (void)state;
+    fx f = fx_open(2, 0);
+    float host[16], one[16];
+    for (int i = 0; i < 16; i++)
+        host[i] = (float)i, one[i] = 1.0f;
+    duet_buffer *bh = NULL;
+    assert_int_equal(duet_dev_buffer_from_host(f.d, host, sizeof host, &bh), DUET_OK);
+    assert_int_equal(duet_dev_buffer_size(f.d, bh), sizeof host);
+    duet_buffer *b1 = fx_buf(&f, one, sizeof one);
+    fx_begin(&f);
+    duet_add_args add = {at(bh), at(b1), 16};
+    assert_int_equal(duet_dev_add(f.d, f.s, &add), DUET_OK);
+    assert_int_equal(duet_dev_stream_submit(f.d, f.s), DUET_OK);
+    assert_int_equal(duet_dev_stream_wait(f.d, f.s), DUET_OK);
+    for (int i = 0; i < 16; i++) /* no copy: the op wrote the caller's memory */
+        assert_true(host[i] == (float)i + 1.0f);
+    duet_dev_buffer_free(f.d, bh); /* must not free host (ASan would see it) */
+    duet_dev_buffer_free(f.d, b1);
+    fx_close(&f);
+    host[0] = 0.0f;
+}
+
+static void test_info_and_env(void **state)
+{
+    (void)state;
+    fx f = fx_open(2, 0);
+    duet_device_info info;
+    duet_dev_info(f.d, &info);
+    assert_non_null(strstr(info.name, "CPU (2 threads"));
+    assert_string_equal(info.backend, "cpu");
+    assert_int_equal(info.n_threads, 2);
+    assert_true(info.mem_total > 0 && info.mem_free <= info.mem_total);
+    fx_close(&f);
+
+    setenv("DUET_CPU_REFERENCE", "1", 1);
+    f = fx_open(1, 0);
+    duet_dev_info(f.d, &info);
+    assert_non_null(strstr(info.name, "reference kernels"));
+    fx_close(&f);
+    unsetenv("DUET_CPU_REFERENCE");
+
+    duet_device *d = (duet_device *)1;
+    duet_device_options bad = {.n_threads = -1};
+    assert_int_equal(duet_cpu_device_create(&bad, &d), DUET_ERR_INVALID_ARG);
+    assert_null(d);
+    assert_int_equal(duet_cpu_device_create(NULL, &d), DUET_OK); /* all cores */
+    duet_dev_info(d, &info);
+    assert_true(info.n_threads >= 1);
+    duet_device_close(d);
+}
+
+/* One small workload; returns the first failure (after cleaning up). */
+static duet_status fault_scenario(duet_device *d)
+{
+    duet_status rc;
+    float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, got[8];
+    duet_buffer *a = NULL, *b = NULL, *h = NULL;
+    duet_stream *s = NULL;
+    if ((rc = duet_dev_buffer_alloc(d, sizeof x, &a)))
+        goto out;
+    if ((rc = duet_dev_buffer_alloc(d, sizeof x, &b)))
+        goto out_free_a;
+    if ((rc = duet_dev_buffer_from_host(d, x, sizeof x, &h)))
+        goto out_free_b;
+    if ((rc = duet_dev_stream_create(d, &s)))
+        goto out_free_h;
+    duet_add_args add = {{a, 0}, {h, 0}, 8};
+    if ((rc = duet_dev_stream_begin(d, s)) || (rc = duet_dev_upload(d, s, (duet_addr){a, 0}, x, sizeof x)) ||
+        (rc = duet_dev_add(d, s, &add)) ||
+        (rc = duet_dev_download(d, s, (duet_addr){a, 0}, got, sizeof got)) ||
+        (rc = duet_dev_stream_submit(d, s)) || (rc = duet_dev_stream_wait(d, s)))
+        goto out_destroy_stream;
+    for (int i = 0; i < 8; i++)
+        assert_true(got[i] == 2 * x[i]);
+out_destroy_stream:
+    duet_dev_stream_destroy(d, s);
+out_free_h:
+    duet_dev_buffer_free(d, h);
+out_free_b:
+    duet_dev_buffer_free(d, b);
+out_free_a:
+    duet_dev_buffer_free(d, a);
+out:
+    return rc;
+}
+
+static void test_lifecycle_faults(void **state)
+{
+    (void)state;
+    /* Fail every fallible call in turn; under ASan/LSan nothing may leak. */
+    int nth = 1;
+    for (;; nth++) {
+        duet_device *d = NULL;
+        duet_device_options o = {.n_threads = 2};
+        assert_int_equal(duet_cpu_device_create(&o, &d), DUET_OK);
+        duet_dev_fault_inject(d, nth);
+        duet_status rc = fault_scenario(d);
+        int calls = duet_dev_fault_calls(d);
+        duet_device_close(d);
+        if (calls < nth) { /* the fault was never reached: done */
+            assert_int_equal(rc, DUET_OK);
+            break;
+        }
+        assert_int_equal(rc, DUET_ERR_OUT_OF_MEMORY);
+    }
+    assert_true(nth > 8);
+    duet_device_close(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_split_rows),
+        cmocka_unit_test(test_threadpool_run),
+        cmocka_unit_test(test_embed),
+        cmocka_unit_test(test_rms_norm_known),
+        cmocka_unit_test(test_rms_norm_fast_vs_ref),
+        cmocka_unit_test(test_rope_known),
+        cmocka_unit_test(test_rope_fast_vs_ref),
+        cmocka_unit_test(test_kv_write),
+        cmocka_unit_test(test_kv_write_threaded),
+        cmocka_unit_test(test_attention_one_key),
+        cmocka_unit_test(test_attention_causal),
+        cmocka_unit_test(test_attention_gqa),
+        cmocka_unit_test(test_attention_paged_vs_naive),
+        cmocka_unit_test(test_attention_fast_vs_ref),
+        cmocka_unit_test(test_attention_batch_invariance),
+        cmocka_unit_test(test_attention_bad_metadata),
+        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_add),
+        cmocka_unit_test(test_gather_rows),
+        cmocka_unit_test(test_matmul_dispatch),
+        cmocka_unit_test(test_stream_semantics),
+        cmocka_unit_test(test_wrap_host),
+        cmocka_unit_test(test_info_and_env),
+        cmocka_unit_test(test_lifecycle_faults),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,254 @@
+/*
+ * cmd_generate.c — `duet generate`: one prompt, text streamed to stdout,
+ * timings to stderr.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "duet.h"
+
+static const char *help =
+    "usage: duet generate [options]\n"
+    "\n"
+    "Run one prompt through a model and stream the generated text to stdout.\n"
+    "Load time, prompt and decode speed go to stderr.\n"
+    "\n"
+    "options:\n"
+    "  -m, --model FILE       GGUF model (default: $DUET_MODEL, else the default\n"
+    "                         SmolLM2-135M-Instruct Q4_1 in $DUET_CACHE/models)\n"
+    "  -p, --prompt TEXT      the prompt (default: a short demo prompt)\n"
+    "  -f, --prompt-file FILE read the prompt from FILE\n"
+    "  -n, --max-tokens N     tokens to generate, >= 1 (default 128)\n"
+    "  -t, --temperature T    0 = greedy (default 0)\n"
+    "  -s, --seed N           seed for temperature > 0 (default 0)\n"
+    "      --chat             wrap the prompt in the model's chat format (ChatML)\n"
+    "      --system TEXT      system message for --chat\n"
+    "      --ignore-eos       keep generating after an end-of-turn token\n"
+    "      --device SPEC      auto | cpu (default auto)\n"
+    "      --threads N        CPU threads (default: all cores)\n"
+    "      --ctx N            context tokens to reserve (default: the model's)\n"
+    "      --no-stats         do not print timings\n"
+    "  -h, --help             this help\n";
+
+typedef struct gen_opts {
+    char model[4096];
+    const char *prompt, *prompt_file, *system, *device;
+    long max_tokens, threads, ctx;
+    double temperature;
+    uint64_t seed;
+    int chat, ignore_eos, stats;
+} gen_opts;
+
+static int parse_args(int argc, char **argv, gen_opts *o)
+{
+    enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_DEVICE, OPT_THREADS, OPT_CTX,
+           OPT_NO_STATS };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},       {"prompt", required_argument, 0, 'p'},
+        {"prompt-file", required_argument, 0, 'f'}, {"max-tokens", required_argument, 0, 'n'},
+        {"temperature", required_argument, 0, 't'}, {"seed", required_argument, 0, 's'},
+        {"chat", no_argument, 0, OPT_CHAT},         {"system", required_argument, 0, OPT_SYSTEM},
+        {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
+        {"device", required_argument, 0, OPT_DEVICE},
+        {"threads", required_argument, 0, OPT_THREADS},
+        {"ctx", required_argument, 0, OPT_CTX},
+        {"no-stats", no_argument, 0, OPT_NO_STATS}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *cmd = "generate";
+    int c;
+    cli_default_model(o->model, sizeof o->model);
+    o->prompt = "Write a short poem about the sea.";
+    o->max_tokens = 128;
+    o->device = "auto";
+    o->stats = 1;
+    optind = 1;
+    opterr = 0; /* our own one-line messages */
+    while ((c = getopt_long(argc, argv, "m:p:f:n:t:s:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': snprintf(o->model, sizeof o->model, "%s", optarg); break;
+        case 'p': o->prompt = optarg; break;
+        case 'f': o->prompt_file = optarg; break;
+        case 'n':
+            if (cli_parse_int(cmd, "--max-tokens", optarg, 1, 1 << 24, &o->max_tokens))
+                return -1;
+            break;
+        case 't':
+            if (cli_parse_float(cmd, "--temperature", optarg, 0.0, 100.0, &o->temperature))
+                return -1;
+            break;
+        case 's':
+            if (cli_parse_u64(cmd, "--seed", optarg, &o->seed))
+                return -1;
+            break;
+        case OPT_CHAT: o->chat = 1; break;
+        case OPT_SYSTEM: o->system = optarg; break;
+        case OPT_IGNORE_EOS: o->ignore_eos = 1; break;
+        case OPT_DEVICE: o->device = optarg; break;
+        case OPT_THREADS:
+            if (cli_parse_int(cmd, "--threads", optarg, 1, 1024, &o->threads))
+                return -1;
+            break;
+        case OPT_CTX:
+            if (cli_parse_int(cmd, "--ctx", optarg, 1, 1 << 24, &o->ctx))
+                return -1;
+            break;
+        case OPT_NO_STATS: o->stats = 0; break;
+        case 'h': fputs(help, stdout); return 1;
+        default:
+            fprintf(stderr, "duet generate: unknown option or missing value in '%s' (see duet generate --help)\n",
+                    argv[optind - 1]);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "duet generate: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return -1;
+    }
+    return 0;
+}
+
+/* Read a whole file; NULL (with a message) on failure. */
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    if (!f) {
+        fprintf(stderr, "duet generate: cannot open prompt file '%s'\n", path);
+        return NULL;
+    }
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 65536;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, 4096, f);
+        n += got;
+        if (got == 0)
+            break;
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+/* ChatML as SmolLM2's template renders one user turn (its default system
+ * message included); the general template engine comes with the server. */
+static char *chat_wrap(const char *system, const char *user, size_t user_len, size_t *len)
+{
+    const char *sys = system ? system
+                             : "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+    size_t cap = strlen(sys) + user_len + 128;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    int n = snprintf(out, cap,
+                     "<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\n%.*s<|im_end|>\n"
+                     "<|im_start|>assistant\n",
+                     sys, (int)user_len, user);
+    *len = (size_t)n;
+    return out;
+}
+
+static int print_text(void *user, const char *text, size_t len)
+{
+    *(int *)user = 1; /* something was printed */
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    gen_opts o = {0};
+    int pr = parse_args(argc, argv, &o);
+    if (pr)
+        return pr > 0 ? 0 : 2;
+
+    int ret = 1;
+    char *file_text = NULL, *chat_text = NULL;
+    int32_t *ids = NULL;
+    duet_model *model = NULL;
+    duet_session *session = NULL;
+    const char *text = o.prompt;
+    size_t text_len = strlen(o.prompt);
+
+    if (o.prompt_file && !(text = file_text = read_file(o.prompt_file, &text_len)))
+        goto out;
+    if (o.chat && !(text = chat_text = chat_wrap(o.system, text, text_len, &text_len)))
+        goto out;
+
+    double t0 = now_seconds();
+    duet_model_options mo = {.device = o.device, .n_threads = (int)o.threads};
+    if (duet_model_load(o.model, &mo, &model)) {
+        int missing_default = access(o.model, F_OK) != 0 &&
+                              strcmp(o.model, cli_default_model((char[4096]){0}, 4096)) == 0;
+        fprintf(stderr, "duet generate: %s%s\n", duet_last_error(),
+                missing_default ? " (fetch the default model with scripts/fetch-model.sh)" : "");
+        goto out;
+    }
+    duet_session_options so = {.max_context = (int)o.ctx};
+    if (duet_session_create(model, &so, &session)) {
+        fprintf(stderr, "duet generate: %s\n", duet_last_error());
+        goto out;
+    }
+    double load_s = now_seconds() - t0;
+
+    size_t cap = text_len + 8, n_ids = 0;
+    if (!(ids = malloc(sizeof *ids * cap)) ||
+        duet_tokenize(model, text, text_len, 1, o.chat, ids, cap, &n_ids)) {
+        fprintf(stderr, "duet generate: tokenizing the prompt: %s\n", duet_last_error());
+        goto out;
+    }
+    duet_generate_params gp = {.max_tokens = (int)o.max_tokens,
+                               .temperature = (float)o.temperature,
+                               .seed = o.seed,
+                               .ignore_eos = o.ignore_eos};
+    duet_generate_stats st;
+    int printed = 0;
+    if (duet_generate(session, ids, n_ids, &gp, print_text, &printed, &st)) {
+        if (printed)
+            printf("\n");
+        fprintf(stderr, "duet generate: %s\n", duet_last_error());
+        goto out;
+    }
+    printf("\n");
+    fflush(stdout);
+    if (o.stats) {
+        int steps = st.n_generated - 1; /* the last sampled token is not fed back */
+        fprintf(stderr,
+                "load: %.2f s | prompt: %d tokens, %.1f tok/s | decode: %d tokens, %.1f tok/s"
+                "%s | peak RSS %.0f MiB\n",
+                load_s, st.n_prompt, st.n_prompt / (st.prompt_seconds > 0 ? st.prompt_seconds : 1),
+                st.n_generated, steps > 0 && st.decode_seconds > 0 ? steps / st.decode_seconds : 0.0,
+                st.stopped_by_eos ? " (end of turn)" : "", cli_peak_rss_mib());
+    }
+    ret = 0;
+out:
+    duet_session_free(session);
+    duet_model_free(model);
+    free(ids);
+    free(chat_text);
+    free(file_text);
+    return ret;
+}
