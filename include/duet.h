@@ -120,6 +120,113 @@ duet_status duet_generate(duet_session *s, const int32_t *prompt, size_t n_promp
 duet_status duet_eval_logits(duet_session *s, const int32_t *ids, size_t n,
                              float *logits /* OUT: [n][vocab] */);
 
+/* ---- the batched engine (continuous batching over the paged KV cache) -- */
+
+typedef struct duet_engine duet_engine;
+
+typedef struct duet_engine_options {
+    int max_num_seqs;            /* requests running at once; 0 = 64 */
+    int max_num_batched_tokens;  /* tokens per step; 0 = 512 */
+    int max_model_len;           /* 0 = the model's context, clamped so one
+                                    sequence fits the KV cache */
+    int block_size;              /* tokens per KV block; 0 = 16 */
+    uint64_t kv_cache_memory;    /* bytes for the KV cache; 0 = derive from
+                                    gpu_memory_utilization */
+    float gpu_memory_utilization;/* fraction of the device's memory (CPU:
+                                    of device_memory) for weights, activations
+                                    and KV; 0 = 0.9 */
+    uint64_t device_memory;      /* CPU: the budget that fraction applies
+                                    to; 0 = 4 GiB or physical RAM if less */
+    int disable_prefix_caching;
+    int disable_chunked_prefill;
+    int long_prefill_token_threshold; /* 0 = no per-request cap */
+    int priority_scheduling;     /* 1 = by priority, then arrival */
+    int return_logits;           /* outputs carry the sampled row's logits */
+} duet_engine_options;
+
+typedef struct duet_request_params {
+    const char *request_id;      /* NULL = assigned ("req-N"); must be
+                                    unique among unfinished requests */
+    int max_tokens;              /* > 0 */
+    float temperature;           /* 0 = greedy */
+    uint64_t seed;
+    int has_seed;                /* 0 = the engine picks a seed */
+    int ignore_eos;
+    int priority;                /* lower = sooner, with priority scheduling */
+    const char *cache_salt;      /* isolates prefix-cache entries; NULL = none */
+    const int32_t *stop_token_ids;
+    int n_stop_token_ids;
+} duet_request_params;
+
+typedef enum duet_finish {
+    DUET_FINISHED_NOT = 0,
+    DUET_FINISHED_STOP = 1,   /* end-of-generation or stop token */
+    DUET_FINISHED_LENGTH = 2, /* max_tokens or max_model_len */
+    DUET_FINISHED_ABORT = 3,
+} duet_finish;
+
+/* What a step produced for one request; pointers valid during the call. */
+typedef struct duet_request_output {
+    const char *request_id;
+    const int32_t *new_tokens;   /* tokens produced this step (0 or 1) */
+    int n_new_tokens;
+    const char *text;            /* newly completed UTF-8 text */
+    size_t text_len;
+    duet_finish finish;          /* != NOT on the request's last output */
+    int n_prompt_tokens;
+    int n_output_tokens;
+    int n_cached_tokens;         /* prompt tokens served by the prefix cache */
+    const float *logits;         /* [vocab] with return_logits, else NULL */
+} duet_request_output;
+
+typedef void (*duet_output_cb)(void *user, const duet_request_output *out);
+
+typedef struct duet_engine_stats {
+    int num_running, num_waiting;
+    int kv_blocks_total, kv_blocks_used, block_size;
+    double kv_usage;               /* used / total */
+    uint64_t kv_tokens_used;       /* tokens stored in used blocks */
+    uint64_t prefix_queries, prefix_hits;   /* tokens */
+    uint64_t num_preemptions;
+    uint64_t prompt_tokens, generation_tokens; /* computed / produced */
+    uint64_t steps;
+    int max_model_len;
+} duet_engine_stats;
+
+/* Size the KV cache from the options (the log line says how), allocate it
+ * and the step buffers. Fails with a message giving the needed and the
+ * available bytes and the flag to change when max_model_len does not fit.
+ * m must outlive the engine. On failure *out is NULL. */
+duet_status duet_engine_create(duet_model *m, const duet_engine_options *o, duet_engine **out);
+void duet_engine_free(duet_engine *e);
+
+/* One line describing the KV cache ("KV cache: N blocks of 16 tokens = T
+ * tokens, max concurrency X× at max_model_len Y"). Owned by the engine. */
+const char *duet_engine_kv_summary(const duet_engine *e);
+
+/* Queue a request. Thread-safe. Rejected at once (DUET_ERR_INVALID_ARG,
+ * with the numbers) when the prompt is empty, has ids outside the
+ * vocabulary, or prompt + 1 > max_model_len, when max_tokens <= 0, or when
+ * the id duplicates an unfinished request. cb is called from the thread
+ * running duet_engine_step, once per step that produced something for the
+ * request, and a last time with finish != NOT; every output names the
+ * request's id (given in p, or assigned). */
+duet_status duet_engine_add_request(duet_engine *e, const int32_t *prompt, size_t n_prompt,
+                                    const duet_request_params *p, duet_output_cb cb, void *user);
+
+/* Abort a queued or running request by id. Thread-safe; takes effect at the
+ * next step (its blocks are freed and cb gets finish = ABORT). Unknown id:
+ * DUET_ERR_INVALID_ARG. */
+duet_status duet_engine_abort(duet_engine *e, const char *request_id);
+
+/* Run one step: schedule, run the model on the flattened batch, sample,
+ * call the callbacks. Returns DUET_OK with nothing done when idle. */
+duet_status duet_engine_step(duet_engine *e);
+int duet_engine_has_work(duet_engine *e);
+/* Step until no request is left. */
+duet_status duet_engine_run(duet_engine *e);
+void duet_engine_get_stats(duet_engine *e, duet_engine_stats *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -179,6 +179,41 @@ static size_t carve(size_t *cursor, size_t bytes)
     return at;
 }
 
+/* Assign each activation region its offset in the scratch buffer; returns
+ * the buffer's size. */
+static size_t layout_scratch(const duet_model_config *c, const duet_runner_options *o,
+                             duet_runner *r)
+{
+    size_t t = (size_t)o->max_tokens, f4 = sizeof(float), i4 = sizeof(int32_t);
+    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    size_t cur = 0;
+    r->x = carve(&cur, t * c->dim * f4);
+    r->xn = carve(&cur, t * c->dim * f4);
+    r->q = carve(&cur, t * qd * f4);
+    r->k = carve(&cur, t * kvd * f4);
+    r->v = carve(&cur, t * kvd * f4);
+    r->att = carve(&cur, t * qd * f4);
+    r->gate = carve(&cur, t * c->ffn_dim * f4);
+    r->up = carve(&cur, t * c->ffn_dim * f4);
+    r->last = carve(&cur, (size_t)o->max_logit_rows * c->dim * f4);
+    r->logits = carve(&cur, (size_t)o->max_logit_rows * c->vocab * f4);
+    r->tokens = carve(&cur, t * i4);
+    r->positions = carve(&cur, t * i4);
+    r->slots = carve(&cur, t * i4);
+    r->qsl = carve(&cur, ((size_t)o->max_seqs + 1) * i4);
+    r->seq_lens = carve(&cur, (size_t)o->max_seqs * i4);
+    r->tables = carve(&cur, (size_t)o->max_seqs * o->max_blocks_per_seq * i4);
+    r->rows = carve(&cur, (size_t)o->max_logit_rows * i4);
+
+    return cur;
+}
+
+size_t duet_runner_scratch_bytes(const duet_model_config *c, const duet_runner_options *o)
+{
+    duet_runner r;
+    return layout_scratch(c, o, &r);
+}
+
 duet_status duet_runner_create(duet_device *dev, const duet_model_config *c,
                                const duet_model_weights *w, const duet_runner_options *o,
                                duet_runner **out)
@@ -201,32 +236,13 @@ duet_status duet_runner_create(duet_device *dev, const duet_model_config *c,
     r->w = w;
     r->o = *o;
 
-    size_t t = (size_t)o->max_tokens, f4 = sizeof(float), i4 = sizeof(int32_t);
-    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
-    size_t cur = 0;
-    r->x = carve(&cur, t * c->dim * f4);
-    r->xn = carve(&cur, t * c->dim * f4);
-    r->q = carve(&cur, t * qd * f4);
-    r->k = carve(&cur, t * kvd * f4);
-    r->v = carve(&cur, t * kvd * f4);
-    r->att = carve(&cur, t * qd * f4);
-    r->gate = carve(&cur, t * c->ffn_dim * f4);
-    r->up = carve(&cur, t * c->ffn_dim * f4);
-    r->last = carve(&cur, (size_t)o->max_logit_rows * c->dim * f4);
-    r->logits = carve(&cur, (size_t)o->max_logit_rows * c->vocab * f4);
-    r->tokens = carve(&cur, t * i4);
-    r->positions = carve(&cur, t * i4);
-    r->slots = carve(&cur, t * i4);
-    r->qsl = carve(&cur, ((size_t)o->max_seqs + 1) * i4);
-    r->seq_lens = carve(&cur, (size_t)o->max_seqs * i4);
-    r->tables = carve(&cur, (size_t)o->max_seqs * o->max_blocks_per_seq * i4);
-    r->rows = carve(&cur, (size_t)o->max_logit_rows * i4);
-
+    size_t cur = layout_scratch(c, o, r);
     if ((rc = duet_dev_buffer_alloc(dev, cur, &r->scratch))) {
         duet_error_wrap(rc, "allocating %zu bytes of activation scratch for %d tokens", cur,
                         o->max_tokens);
         goto out_free;
     }
+    size_t kvd = (size_t)c->n_kv_heads * c->head_dim;
     r->kv_layer_bytes = (size_t)o->num_blocks * o->block_size * kvd * (o->kv_type == DUET_F16 ? 2 : 4);
     size_t kv_bytes = r->kv_layer_bytes * 2 * c->n_layers;
     if ((rc = duet_dev_buffer_alloc(dev, kv_bytes, &r->kv))) {

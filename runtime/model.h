@@ -121,6 +121,10 @@ duet_status duet_runner_create(duet_device *dev, const duet_model_config *c,
 void duet_runner_free(duet_runner *r);
 const duet_runner_options *duet_runner_opts(const duet_runner *r);
 
+/* Bytes of activation scratch a runner with options o allocates: the
+ * activation peak of a step of o->max_tokens tokens. */
+size_t duet_runner_scratch_bytes(const duet_model_config *c, const duet_runner_options *o);
+
 /* Bytes of KV cache per token of context (all layers, K and V). */
 uint64_t duet_kv_bytes_per_token(const duet_model_config *c, duet_dtype kv_type);
 

@@ -26,5 +26,6 @@ double cli_peak_rss_mib(void);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bench_throughput(int argc, char **argv);
 
 #endif

@@ -62,12 +62,17 @@ int cmd_bench(int argc, char **argv)
     const char *device = "auto";
     int json = 0, c;
 
+    if (argc >= 2 && strcmp(argv[1], "throughput") == 0)
+        return cmd_bench_throughput(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "latency") != 0) {
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-            fputs(help, stdout);
+            printf("usage: duet bench latency|throughput [options]\n"
+                   "  latency     single-stream prompt and decode speed (like llama-bench)\n"
+                   "  throughput  offline batched throughput (like vllm bench throughput)\n"
+                   "'duet bench MODE --help' describes a mode's options.\n");
             return 0;
         }
-        fprintf(stderr, "duet bench: unknown mode '%s'; available: latency\n",
+        fprintf(stderr, "duet bench: unknown mode '%s'; available: latency, throughput\n",
                 argc >= 2 ? argv[1] : "");
         return 2;
     }

@@ -11,6 +11,8 @@
 
 #include "cli.h"
 #include "duet.h"
+#include "engine_args.h"
+#include "generate_batch.h"
 
 static const char *help =
     "usage: duet generate [options]\n"
@@ -33,11 +35,21 @@ static const char *help =
     "      --threads N        CPU threads (default: all cores)\n"
     "      --ctx N            context tokens to reserve (default: the model's)\n"
     "      --no-stats         do not print timings\n"
-    "  -h, --help             this help\n";
+    "  -h, --help             this help\n"
+    "\n"
+    "batch mode (the continuous-batching engine):\n"
+    "      --prompts-file FILE  one prompt per line, or JSONL objects with \"prompt\" and\n"
+    "                           optional \"id\", \"max_tokens\", \"temperature\", \"seed\",\n"
+    "                           \"ignore_eos\", \"priority\", \"cache_salt\"; writes one JSON\n"
+    "                           result per prompt, in input order\n"
+    "  -o, --output FILE        write the JSONL results to FILE (default stdout)\n"
+    "\n";
 
 typedef struct gen_opts {
     char model[4096];
     const char *prompt, *prompt_file, *system, *device;
+    const char *prompts_file, *output;
+    duet_engine_options engine;
     long max_tokens, threads, ctx;
     double temperature;
     uint64_t seed;
@@ -47,7 +59,7 @@ typedef struct gen_opts {
 static int parse_args(int argc, char **argv, gen_opts *o)
 {
     enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_DEVICE, OPT_THREADS, OPT_CTX,
-           OPT_NO_STATS };
+           OPT_NO_STATS, OPT_PROMPTS_FILE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},       {"prompt", required_argument, 0, 'p'},
         {"prompt-file", required_argument, 0, 'f'}, {"max-tokens", required_argument, 0, 'n'},
@@ -58,8 +70,12 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"threads", required_argument, 0, OPT_THREADS},
         {"ctx", required_argument, 0, OPT_CTX},
         {"no-stats", no_argument, 0, OPT_NO_STATS}, {"help", no_argument, 0, 'h'},
+        {"prompts-file", required_argument, 0, OPT_PROMPTS_FILE},
+        {"output", required_argument, 0, 'o'},
         {0, 0, 0, 0},
     };
+    struct option all[64];
+    engine_args_merge(longopts, all, 64);
     const char *cmd = "generate";
     int c;
     cli_default_model(o->model, sizeof o->model);
@@ -69,7 +85,12 @@ static int parse_args(int argc, char **argv, gen_opts *o)
     o->stats = 1;
     optind = 1;
     opterr = 0; /* our own one-line messages */
-    while ((c = getopt_long(argc, argv, "m:p:f:n:t:s:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:f:n:t:s:o:h", all, NULL)) != -1) {
+        int e = engine_arg_parse(cmd, c, optarg, &o->engine);
+        if (e < 0)
+            return -1;
+        if (e > 0)
+            continue;
         switch (c) {
         case 'm': snprintf(o->model, sizeof o->model, "%s", optarg); break;
         case 'p': o->prompt = optarg; break;
@@ -99,7 +120,12 @@ static int parse_args(int argc, char **argv, gen_opts *o)
                 return -1;
             break;
         case OPT_NO_STATS: o->stats = 0; break;
-        case 'h': fputs(help, stdout); return 1;
+        case OPT_PROMPTS_FILE: o->prompts_file = optarg; break;
+        case 'o': o->output = optarg; break;
+        case 'h':
+            fputs(help, stdout);
+            fputs(engine_arg_help, stdout);
+            return 1;
         default:
             fprintf(stderr, "duet generate: unknown option or missing value in '%s' (see duet generate --help)\n",
                     argv[optind - 1]);
@@ -205,6 +231,14 @@ int cmd_generate(int argc, char **argv)
                               strcmp(o.model, cli_default_model((char[4096]){0}, 4096)) == 0;
         fprintf(stderr, "duet generate: %s%s\n", duet_last_error(),
                 missing_default ? " (fetch the default model with scripts/fetch-model.sh)" : "");
+        goto out;
+    }
+    if (o.prompts_file) {
+        batch_opts bo = {.prompts_file = o.prompts_file, .output = o.output,
+                         .max_tokens = (int)o.max_tokens, .temperature = (float)o.temperature,
+                         .seed = o.seed, .ignore_eos = o.ignore_eos, .parse_special = o.chat,
+                         .stats = o.stats};
+        ret = generate_batch(model, &bo, &o.engine);
         goto out;
     }
     duet_session_options so = {.max_context = (int)o.ctx};

@@ -16,7 +16,7 @@ typedef struct subcommand {
 static const subcommand subcommands[] = {
     {"generate", cmd_generate, "run a prompt through a model and stream the text"},
     {"tokenize", cmd_tokenize, "text to token ids, or ids back to text (--decode)"},
-    {"bench", cmd_bench, "benchmarks: 'bench latency' (single-stream prompt/decode tok/s)"},
+    {"bench", cmd_bench, "benchmarks: 'bench latency' (single stream), 'bench throughput' (batched)"},
 };
 
 static void usage(FILE *to)

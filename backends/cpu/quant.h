@@ -11,8 +11,8 @@
  *    quantized once per row to an 8-bit partner format and dotted with
  *    integer instructions; for F32/F16/BF16 straight FMA.
  * Fast results match the reference to matmul tolerance (NMSE <= 5e-4),
- * not bitwise; both are deterministic for a given input and thread count
- * and do not depend on how many rows are in the batch (batch invariance).
+ * not bitwise; both are deterministic and depend neither on the thread
+ * count nor on how many rows are in the batch (batch invariance).
  */
 #ifndef DUET_QUANT_H
 #define DUET_QUANT_H
@@ -41,7 +41,7 @@ void duet_cpu_features_get(duet_cpu_features *out);
 typedef enum duet_cpu_isa {
     DUET_CPU_ISA_REF = 0,    /* the reference path (no SIMD) */
     DUET_CPU_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    DUET_CPU_ISA_AVX512 = 2, /* + AVX-512 F/BW/VL/DQ and VNNI (vpdpbusd) */
+    DUET_CPU_ISA_AVX512 = 2, /* + AVX-512 F/BW/VL/DQ, AVX512-VNNI and AVX-VNNI */
 } duet_cpu_isa;
 
 /* The widest family f supports; REF when force_reference is non-zero. */
@@ -58,7 +58,8 @@ void duet_matmul_ref(const float *x, const void *w, duet_dtype wt, const float *
 void duet_matmul_fast(duet_threadpool *pool, const float *x, const void *w, duet_dtype wt,
                       const float *bias, float *y, int64_t m, int64_t k, int64_t n);
 /* duet_matmul_fast with the kernel family chosen by the caller (the CPU
- * backend detects once at start-up); duet_matmul_fast detects per call.
+ * backend detects once at start-up); isa must be one duet_cpu_isa_select
+ * allows on this CPU. duet_matmul_fast detects per call (~0.3 us).
  * Each family is deterministic and batch/thread invariant (AVX2 and AVX512
  * may differ in the last bits); REF gives duet_matmul_ref's result.
  * Never fails: if scratch memory cannot be allocated it computes the

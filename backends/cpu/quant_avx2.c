@@ -212,7 +212,7 @@ INLINE __m256i q8_bias256(__m256i w)
 INLINE void pair_scales(duet_dtype wt, const uint8_t *base, __m256i idx, __mmask8 lanes,
                         __m256 *d8, __m256 *m8)
 {
-    __m256i g = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), lanes, idx, (const int *)base, 1);
+    __m256i g = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), lanes, idx, base, 1);
     __m256i dm = _mm256_packus_epi32(_mm256_and_si256(g, _mm256_set1_epi32(0xffff)),
                                      _mm256_srli_epi32(g, 16));
     dm = _mm256_permute4x64_epi64(dm, 0xd8);
@@ -278,7 +278,8 @@ INLINE void qtile512(const int kind, const int R, const int C, const duet_mm_job
             __m512i xv = _mm512_loadu_si512((const void *)(a->q + row * k + b * 32));
             __m512 dx = scale_pair(a->d + row * nb + b);
             if (kind == KIND_NIBBLE) {
-                __m256 s2 = _mm256_castpd_ps(_mm256_broadcast_sd((const double *)(a->s + row * nb + b)));
+                __m256 s2 = _mm256_castsi256_ps(_mm256_broadcastq_epi64(
+                    _mm_loadl_epi64((const __m128i *)(a->s + row * nb + b))));
                 mins[c] = _mm256_fmadd_ps(m8, s2, mins[c]);
             }
 #pragma GCC unroll 8
@@ -416,6 +417,23 @@ static void load_scales(const duet_mm_job *job, int64_t r0, int R, int64_t nb, f
 }
 #endif
 
+/* At m = 1 each weight byte comes from memory once, and the hardware
+ * prefetcher alone left the kernel stalled on every tile's first touch
+ * (a full SmolLM2 decode ran ~30% faster on one core with this). */
+#define PREFETCH_TILES 2
+
+/* Inlined on purpose: as a separate function GCC finds it side-effect free
+ * (prefetches do not count) and deletes the call. */
+INLINE void prefetch_tile(const duet_mm_job *job, int64_t r, int64_t r1)
+{
+    if (r >= r1)
+        return;
+    const char *p = (const char *)job->w + (size_t)r * job->row_bytes;
+    size_t bytes = (size_t)(r1 - r < TILE_R ? r1 - r : TILE_R) * job->row_bytes;
+    for (size_t off = 0; off < bytes; off += 64)
+        _mm_prefetch(p + off, _MM_HINT_T0);
+}
+
 static void region_int(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                        float *scratch)
 {
@@ -424,6 +442,7 @@ static void region_int(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c
     qlayout ly = {job->wt == DUET_Q4_1 ? 4 : 2, duet_dtype_get(job->wt)->block_bytes};
     for (int64_t r = r0; r < r1; r += TILE_R) {
         int R = r1 - r < TILE_R ? (int)(r1 - r) : TILE_R;
+        prefetch_tile(job, r + PREFETCH_TILES * TILE_R, r1);
 #ifndef DUET_MM_VNNI /* the 512-bit tile gathers its own scales */
         load_scales(job, r, R, nb, wd, wm);
 #endif
@@ -630,6 +649,7 @@ static void region_float(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t
     const float *wr[TILE_R];
     for (int64_t r = r0; r < r1; r += TILE_R) {
         int R = r1 - r < TILE_R ? (int)(r1 - r) : TILE_R;
+        prefetch_tile(job, r + PREFETCH_TILES * TILE_R, r1);
         for (int i = 0; i < R; i++)
             wr[i] = row_f32(job, r + i, scratch + i * (job->k + 8));
         for (int64_t c = c0; c < c1; c += TILE_C) {

@@ -1,0 +1,28 @@
+/*
+ * engine_args.h — the engine flags shared by every subcommand that runs
+ * the batched engine (generate --prompts-file, bench throughput), with
+ * vLLM's names.
+ */
+#ifndef DUET_ENGINE_ARGS_H
+#define DUET_ENGINE_ARGS_H
+
+#include <getopt.h>
+
+#include "duet.h"
+
+/* getopt_long ids of the engine flags start here. */
+enum { ENGINE_ARG_FIRST = 1000 };
+
+/* The long options (terminated by a zero entry) and their help text. */
+extern const struct option engine_arg_options[];
+extern const char engine_arg_help[];
+
+/* Handle one engine flag (id from getopt_long). Returns 1 if the flag was
+ * an engine flag and parsed, 0 if it is not one of them, -1 after printing
+ * an error. */
+int engine_arg_parse(const char *cmd, int id, const char *value, duet_engine_options *o);
+
+/* Concatenate two zero-terminated option arrays into out (room for both). */
+void engine_args_merge(const struct option *a, struct option *out, int cap);
+
+#endif
