@@ -43,14 +43,22 @@ const char *duet_last_error(void);
 typedef struct duet_model duet_model;
 
 typedef struct duet_model_options {
-    const char *device; /* "auto", "cpu"; NULL = "auto" */
-    int n_threads;      /* CPU backend worker threads; 0 = all cores */
+    const char *device;      /* "auto", "cpu"; NULL = "auto" */
+    int n_threads;           /* CPU backend worker threads; 0 = all cores */
+    const char *load_format; /* "gguf" (NULL) or "dummy": seeded random
+                                weights of the shape that path names (a
+                                preset such as "llama-3.1-8b", or an HF
+                                config.json) and a byte-level vocabulary */
+    const char *dummy_dtype; /* dummy weights: "f32", "f16", "bf16", "q4_0",
+                                "q4_1", "q8_0"; NULL = "q4_1" */
+    uint64_t dummy_seed;     /* dummy weights: the same seed gives the same
+                                weights everywhere */
 } duet_model_options;
 
-/* Load a GGUF model and upload its weights to the chosen device.
- * On failure *out is NULL; the message names the file and the problem
- * (missing file, corrupt field at an offset, unknown architecture or
- * weight type). */
+/* Load a GGUF model (or build a dummy one, see load_format) and place its
+ * weights on the chosen device. On failure *out is NULL; the message names
+ * the file and the problem (missing file, corrupt field at an offset,
+ * unknown architecture or weight type). */
 duet_status duet_model_load(const char *path, const duet_model_options *opts,
                             duet_model **out);
 void duet_model_free(duet_model *model);

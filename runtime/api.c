@@ -2,11 +2,53 @@
  * api.c — the public model API of include/duet.h: loading a GGUF model
  * onto a device and tokenizing with it.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "dummy.h"
 #include "duet_internal.h"
 #include "error.h"
+
+static duet_status parse_dummy_dtype(const char *name, duet_dtype *out)
+{
+    static const struct { const char *name; duet_dtype type; } types[] = {
+        {"f32", DUET_F32}, {"f16", DUET_F16}, {"bf16", DUET_BF16},
+        {"q4_0", DUET_Q4_0}, {"q4_1", DUET_Q4_1}, {"q8_0", DUET_Q8_0},
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (strcasecmp(name, types[i].name) == 0) {
+            *out = types[i].type;
+            return DUET_OK;
+        }
+    return duet_error(DUET_ERR_INVALID_ARG,
+                      "dummy weight type '%s' is not one of f32, f16, bf16, q4_0, q4_1, q8_0",
+                      name);
+}
+
+/* The file, or for load_format "dummy" a GGUF image built in memory. */
+static duet_status open_gguf(const char *path, const duet_model_options *opts, duet_model *m)
+{
+    const char *format = opts->load_format ? opts->load_format : "gguf";
+    if (strcmp(format, "gguf") == 0)
+        return duet_gguf_open(path, &m->gguf);
+    if (strcmp(format, "dummy") != 0)
+        return duet_error(DUET_ERR_INVALID_ARG, "load format '%s' is not one of gguf, dummy",
+                          format);
+    duet_dummy_options d = {.model_config = path, .seed = opts->dummy_seed};
+    size_t size;
+    duet_status rc = parse_dummy_dtype(opts->dummy_dtype ? opts->dummy_dtype : "q4_1",
+                                       &d.weight_type);
+    if (rc == DUET_OK)
+        rc = duet_dummy_gguf(&d, &m->image, &size);
+    if (rc == DUET_OK) {
+        char name[256];
+        snprintf(name, sizeof name, "dummy:%s", path);
+        rc = duet_gguf_open_memory(m->image, size, name, &m->gguf);
+    }
+    return rc;
+}
 
 duet_status duet_model_load(const char *path, const duet_model_options *opts, duet_model **out)
 {
@@ -21,7 +63,7 @@ duet_status duet_model_load(const char *path, const duet_model_options *opts, du
     if (!m)
         return duet_error(DUET_ERR_OUT_OF_MEMORY, "model: out of memory");
 
-    if ((rc = duet_gguf_open(path, &m->gguf)))
+    if ((rc = open_gguf(path, opts, m)))
         goto out_free;
     if ((rc = duet_model_config_read(m->gguf, &m->config))) {
         duet_error_wrap(rc, "%s", path);
@@ -61,6 +103,7 @@ void duet_model_free(duet_model *m)
     duet_device_close(m->dev);
     duet_tokenizer_free(m->tokenizer);
     duet_gguf_close(m->gguf);
+    free(m->image); /* after the reader, which points into it */
     free(m);
 }
 

@@ -14,6 +14,7 @@
 
 struct duet_model {
     duet_gguf *gguf;           /* the mapped file; weights point into it */
+    void *image;               /* a dummy model's in-memory GGUF, or NULL */
     duet_model_config config;  /* immutable after load */
     duet_tokenizer *tokenizer;
     duet_device *dev;

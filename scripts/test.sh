@@ -3,7 +3,6 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer build (its own directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-jobs="$(nproc)"
 
 echo "== Release build + tests"
 bash scripts/build.sh build

@@ -43,6 +43,7 @@ typedef struct tp_opts {
     const char *dataset, *device;
     int ignore_eos, json;
     duet_engine_options engine;
+    duet_model_options source;
 } tp_opts;
 
 static double now_seconds(void)
@@ -77,6 +78,8 @@ static int parse(int argc, char **argv, tp_opts *o)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "m:h", all, NULL)) != -1) {
         int e = engine_arg_parse(cmd, c, optarg, &o->engine);
+        if (e == 0)
+            e = model_arg_parse(cmd, c, optarg, &o->source, o->model, sizeof o->model);
         if (e < 0)
             return -1;
         if (e > 0)
@@ -105,6 +108,7 @@ static int parse(int argc, char **argv, tp_opts *o)
         case 'h':
             fputs(help, stdout);
             fputs(engine_arg_help, stdout);
+            fputs(model_arg_help, stdout);
             return 1;
         default:
             fprintf(stderr, "duet bench throughput: unknown option or missing value in '%s'\n",
@@ -190,7 +194,9 @@ int cmd_bench_throughput(int argc, char **argv)
     duet_engine *e = NULL;
     int32_t **ids = NULL;
     int *lens = NULL;
-    duet_model_options mo = {.device = o.device, .n_threads = (int)o.threads};
+    duet_model_options mo = o.source;
+    mo.device = o.device;
+    mo.n_threads = (int)o.threads;
     if (duet_model_load(o.model, &mo, &m) || duet_engine_create(m, &o.engine, &e)) {
         fprintf(stderr, "duet bench throughput: %s\n", duet_last_error());
         goto out;
@@ -211,6 +217,7 @@ int cmd_bench_throughput(int argc, char **argv)
     }
     /* Step by hand to sample KV usage after every step. */
     double t0 = now_seconds(), peak_usage = 0, slots = 0, stored = 0;
+    int peak_running = 0, peak_blocks = 0;
     duet_engine_stats st;
     while (duet_engine_has_work(e)) {
         if (duet_engine_step(e)) {
@@ -220,6 +227,10 @@ int cmd_bench_throughput(int argc, char **argv)
         duet_engine_get_stats(e, &st);
         if (st.kv_usage > peak_usage)
             peak_usage = st.kv_usage;
+        if (st.num_running > peak_running)
+            peak_running = st.num_running;
+        if (st.kv_blocks_used > peak_blocks)
+            peak_blocks = st.kv_blocks_used;
         slots += (double)st.kv_blocks_used * st.block_size;
         stored += (double)st.kv_tokens_used;
     }
@@ -227,17 +238,26 @@ int cmd_bench_throughput(int argc, char **argv)
     duet_engine_get_stats(e, &st);
     double waste = slots > 0 ? 1.0 - stored / slots : 0.0;
     double out_tps = st.generation_tokens / secs;
+    /* The PagedAttention comparison: a contiguous cache reserves
+     * max_model_len tokens per running request up front; paged blocks hold
+     * only what each request has written. */
+    double naive_tokens = (double)peak_running * st.max_model_len;
+    double paged_tokens = (double)peak_blocks * st.block_size;
+    double pool_tokens = (double)st.kv_blocks_total * st.block_size;
     double total_tps = (prompt_tokens + st.generation_tokens) / secs;
     if (o.json) {
         printf("{\"num_prompts\": %d, \"input_len\": %ld, \"output_len\": %ld, \"elapsed_s\": %.3f, "
                "\"requests_per_s\": %.3f, \"output_tok_s\": %.2f, \"total_tok_s\": %.2f, "
                "\"prompt_tokens\": %llu, \"generated_tokens\": %llu, \"steps\": %llu, "
                "\"kv_peak_usage\": %.4f, \"kv_waste\": %.4f, \"preemptions\": %llu, "
-               "\"prefix_hits\": %llu, \"peak_rss_mib\": %.1f}\n",
+               "\"prefix_hits\": %llu, \"peak_running\": %d, \"kv_paged_peak_tokens\": %.0f, "
+               "\"kv_naive_tokens\": %.0f, \"max_concurrency_naive\": %.0f, "
+               "\"peak_rss_mib\": %.1f}\n",
                n, o.input_len, o.output_len, secs, n / secs, out_tps, total_tps,
                (unsigned long long)prompt_tokens, (unsigned long long)st.generation_tokens,
                (unsigned long long)st.steps, peak_usage, waste,
                (unsigned long long)st.num_preemptions, (unsigned long long)st.prefix_hits,
+               peak_running, paged_tokens, naive_tokens, pool_tokens / st.max_model_len,
                cli_peak_rss_mib());
     } else {
         printf("requests:            %d in %.2f s (%.2f req/s)\n", n, secs, n / secs);
@@ -251,6 +271,13 @@ int cmd_bench_throughput(int argc, char **argv)
         printf("preemptions:         %llu; prefix-cache hits %llu of %llu tokens\n",
                (unsigned long long)st.num_preemptions, (unsigned long long)st.prefix_hits,
                (unsigned long long)st.prefix_queries);
+        printf("paged vs contiguous: %d requests ran at once holding at most %.0f token slots "
+               "in blocks;\n                     a contiguous max_model_len (%d) reservation "
+               "would need %.0f (%.1fx),\n                     so the same pool of %.0f tokens "
+               "would admit only %.0f requests at once\n",
+               peak_running, paged_tokens, st.max_model_len, naive_tokens,
+               paged_tokens > 0 ? naive_tokens / paged_tokens : 0.0, pool_tokens,
+               pool_tokens / st.max_model_len);
         printf("peak RSS:            %.0f MiB\n", cli_peak_rss_mib());
     }
     ret = 0;

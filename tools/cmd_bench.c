@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "duet.h"
+#include "engine_args.h"
 
 static const char *help =
     "usage: duet bench latency [options]\n"
@@ -61,6 +62,9 @@ int cmd_bench(int argc, char **argv)
     long n_prompt = 512, n_gen = 128, repeat = 5, threads = 0;
     const char *device = "auto";
     int json = 0, c;
+    duet_model_options source = {0};
+    struct option all[64];
+    engine_args_merge(longopts, all, 64);
 
     if (argc >= 2 && strcmp(argv[1], "throughput") == 0)
         return cmd_bench_throughput(argc - 1, argv + 1);
@@ -81,7 +85,12 @@ int cmd_bench(int argc, char **argv)
     cli_default_model(model_path, sizeof model_path);
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "m:p:n:r:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:n:r:h", all, NULL)) != -1) {
+        int e = model_arg_parse(cmd, c, optarg, &source, model_path, sizeof model_path);
+        if (e < 0)
+            return 2;
+        if (e > 0)
+            continue;
         switch (c) {
         case 'm': snprintf(model_path, sizeof model_path, "%s", optarg); break;
         case 'p':
@@ -102,7 +111,10 @@ int cmd_bench(int argc, char **argv)
             break;
         case OPT_DEVICE: device = optarg; break;
         case OPT_JSON: json = 1; break;
-        case 'h': fputs(help, stdout); return 0;
+        case 'h':
+            fputs(help, stdout);
+            fputs(model_arg_help, stdout);
+            return 0;
         default:
             fprintf(stderr, "duet bench latency: unknown option or missing value in '%s'\n",
                     argv[optind - 1]);
@@ -115,7 +127,9 @@ int cmd_bench(int argc, char **argv)
     duet_session *s = NULL;
     int32_t *ids = NULL;
     double *pp = calloc((size_t)repeat, sizeof *pp), *tg = calloc((size_t)repeat, sizeof *tg);
-    duet_model_options mo = {.device = device, .n_threads = (int)threads};
+    duet_model_options mo = source;
+    mo.device = device;
+    mo.n_threads = (int)threads;
     if (!pp || !tg)
         goto out;
     if (duet_model_load(model_path, &mo, &m)) {

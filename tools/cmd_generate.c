@@ -50,6 +50,7 @@ typedef struct gen_opts {
     const char *prompt, *prompt_file, *system, *device;
     const char *prompts_file, *output;
     duet_engine_options engine;
+    duet_model_options source; /* --load-format etc. */
     long max_tokens, threads, ctx;
     double temperature;
     uint64_t seed;
@@ -87,6 +88,8 @@ static int parse_args(int argc, char **argv, gen_opts *o)
     opterr = 0; /* our own one-line messages */
     while ((c = getopt_long(argc, argv, "m:p:f:n:t:s:o:h", all, NULL)) != -1) {
         int e = engine_arg_parse(cmd, c, optarg, &o->engine);
+        if (e == 0)
+            e = model_arg_parse(cmd, c, optarg, &o->source, o->model, sizeof o->model);
         if (e < 0)
             return -1;
         if (e > 0)
@@ -125,6 +128,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         case 'h':
             fputs(help, stdout);
             fputs(engine_arg_help, stdout);
+            fputs(model_arg_help, stdout);
             return 1;
         default:
             fprintf(stderr, "duet generate: unknown option or missing value in '%s' (see duet generate --help)\n",
@@ -225,7 +229,9 @@ int cmd_generate(int argc, char **argv)
         goto out;
 
     double t0 = now_seconds();
-    duet_model_options mo = {.device = o.device, .n_threads = (int)o.threads};
+    duet_model_options mo = o.source;
+    mo.device = o.device;
+    mo.n_threads = (int)o.threads;
     if (duet_model_load(o.model, &mo, &model)) {
         int missing_default = access(o.model, F_OK) != 0 &&
                               strcmp(o.model, cli_default_model((char[4096]){0}, 4096)) == 0;

@@ -17,6 +17,10 @@ enum {
     ARG_NO_CHUNKED,
     ARG_LONG_PREFILL,
     ARG_PRIORITY,
+    ARG_LOAD_FORMAT,
+    ARG_MODEL_CONFIG,
+    ARG_DUMMY_DTYPE,
+    ARG_DUMMY_SEED,
 };
 
 const struct option engine_arg_options[] = {
@@ -116,12 +120,51 @@ int engine_arg_parse(const char *cmd, int id, const char *v, duet_engine_options
     return 0;
 }
 
+const struct option model_arg_options[] = {
+    {"load-format", required_argument, 0, ARG_LOAD_FORMAT},
+    {"model-config", required_argument, 0, ARG_MODEL_CONFIG},
+    {"dummy-dtype", required_argument, 0, ARG_DUMMY_DTYPE},
+    {"dummy-seed", required_argument, 0, ARG_DUMMY_SEED},
+    {0, 0, 0, 0},
+};
+
+const char model_arg_help[] =
+    "model source:\n"
+    "      --load-format F             gguf (default) or dummy: seeded random weights\n"
+    "      --model-config X            dummy shape: a preset (smollm2-135m, llama-3.2-1b,\n"
+    "                                  llama-3.1-8b, qwen2.5-0.5b, ...) or an HF config.json;\n"
+    "                                  implies --load-format dummy\n"
+    "      --dummy-dtype T             dummy weight type: f32 f16 bf16 q4_0 q4_1 q8_0\n"
+    "                                  (default q4_1)\n"
+    "      --dummy-seed N              dummy weights seed (default 0)\n";
+
+int model_arg_parse(const char *cmd, int id, const char *v, duet_model_options *mo,
+                    char *model_path, size_t cap)
+{
+    switch (id) {
+    case ARG_LOAD_FORMAT:
+        if (strcmp(v, "gguf") != 0 && strcmp(v, "dummy") != 0) {
+            fprintf(stderr, "duet %s: --load-format '%s' is not one of gguf, dummy\n", cmd, v);
+            return -1;
+        }
+        mo->load_format = v;
+        return 1;
+    case ARG_MODEL_CONFIG:
+        snprintf(model_path, cap, "%s", v);
+        mo->load_format = "dummy";
+        return 1;
+    case ARG_DUMMY_DTYPE: mo->dummy_dtype = v; return 1;
+    case ARG_DUMMY_SEED: return cli_parse_u64(cmd, "--dummy-seed", v, &mo->dummy_seed) ? -1 : 1;
+    }
+    return 0;
+}
+
 void engine_args_merge(const struct option *a, struct option *out, int cap)
 {
+    const struct option *lists[] = {a, engine_arg_options, model_arg_options};
     int n = 0;
-    for (const struct option *p = a; p->name && n < cap - 1; p++)
-        out[n++] = *p;
-    for (const struct option *p = engine_arg_options; p->name && n < cap - 1; p++)
-        out[n++] = *p;
+    for (int l = 0; l < 3; l++)
+        for (const struct option *p = lists[l]; p->name && n < cap - 1; p++)
+            out[n++] = *p;
     memset(&out[n], 0, sizeof out[n]);
 }

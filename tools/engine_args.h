@@ -22,7 +22,15 @@ extern const char engine_arg_help[];
  * an error. */
 int engine_arg_parse(const char *cmd, int id, const char *value, duet_engine_options *o);
 
-/* Concatenate two zero-terminated option arrays into out (room for both). */
+/* Concatenate a with the engine and the model-source options into out. */
 void engine_args_merge(const struct option *a, struct option *out, int cap);
+
+/* Model-source flags (--load-format, --model-config, --dummy-dtype,
+ * --dummy-seed), shared by every subcommand that loads a model. */
+extern const struct option model_arg_options[];
+extern const char model_arg_help[];
+/* Like engine_arg_parse; --model-config also replaces model_path. */
+int model_arg_parse(const char *cmd, int id, const char *value, duet_model_options *mo,
+                    char *model_path, size_t cap);
 
 #endif

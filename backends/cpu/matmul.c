@@ -1,7 +1,7 @@
 /*
- * matmul.c — duet_matmul_fast: picks the kernel family, quantizes the
- * activations once, and splits the output columns (weight rows) across the
- * thread pool. The reduction over k is never split, so neither the thread
+ * matmul.c — duet_matmul_fast: picks the kernel family and the activation
+ * path (f32 by default; int8, quantized once per call, on opt-in), and
+ * splits the output columns (weight rows) across the thread pool. The reduction over k is never split, so neither the thread
  * count nor the batch size changes any output bit (see quant_simd.h).
  */
 #include <assert.h>
@@ -60,9 +60,16 @@ static duet_cpu_isa isa_per_call(void)
     return duet_cpu_isa_select(&f, reference_forced());
 }
 
+duet_mm_act duet_mm_act_detect(void)
+{
+    const char *env = getenv("DUET_CPU_MATMUL");
+    return env && strcmp(env, "int8") == 0 ? DUET_MM_ACT_INT8 : DUET_MM_ACT_F32;
+}
+
 typedef struct mm_call {
     duet_mm_job job;
     duet_cpu_isa isa;
+    int f32act;       /* integer quant through the f32-activation kernels */
     const float *x;   /* for quantization */
     duet_act_q8 *act; /* writable view of job.a */
     float *scratch;   /* [nth][scratch_floats] */
@@ -86,7 +93,11 @@ static void matmul_worker(void *arg, int ith, int nth)
     float *scratch = c->scratch + ith * c->scratch_floats;
     for (int64_t c0 = 0; c0 < c->job.m && lo < hi; c0 += ROWS_PER_PASS) {
         int64_t c1 = c0 + ROWS_PER_PASS < c->job.m ? c0 + ROWS_PER_PASS : c->job.m;
-        if (c->isa == DUET_CPU_ISA_AVX512)
+        if (c->f32act && c->isa == DUET_CPU_ISA_AVX512)
+            duet_mm_region_f32act_avx512(&c->job, lo, hi, c0, c1, scratch);
+        else if (c->f32act)
+            duet_mm_region_f32act_avx2(&c->job, lo, hi, c0, c1, scratch);
+        else if (c->isa == DUET_CPU_ISA_AVX512)
             duet_mm_region_avx512(&c->job, lo, hi, c0, c1, scratch);
         else
             duet_mm_region_avx2(&c->job, lo, hi, c0, c1, scratch);
@@ -101,9 +112,9 @@ static void run(duet_threadpool *pool, duet_parallel_fn fn, void *arg)
         fn(arg, 0, 1);
 }
 
-void duet_matmul_isa(duet_threadpool *pool, duet_cpu_isa isa, const float *x, const void *w,
-                     duet_dtype wt, const float *bias, float *y, int64_t m, int64_t k,
-                     int64_t n)
+void duet_matmul_isa_act(duet_threadpool *pool, duet_cpu_isa isa, duet_mm_act path,
+                         const float *x, const void *w, duet_dtype wt, const float *bias,
+                         float *y, int64_t m, int64_t k, int64_t n)
 {
     if (isa == DUET_CPU_ISA_REF || m <= 0 || n <= 0) {
         duet_matmul_ref(x, w, wt, bias, y, m, k, n);
@@ -115,10 +126,11 @@ void duet_matmul_isa(duet_threadpool *pool, duet_cpu_isa isa, const float *x, co
         .job = {.wt = wt, .w = w, .row_bytes = duet_dtype_row_bytes(wt, k), .x = x,
                 .bias = bias, .y = y, .m = m, .k = k, .n = n},
         .isa = isa,
+        .f32act = duet_mm_is_int(wt) && path == DUET_MM_ACT_F32,
         .x = x,
     };
     c.scratch_floats = duet_mm_scratch_floats(&c.job);
-    int is_int = duet_mm_is_int(wt);
+    int is_int = duet_mm_is_int(wt) && !c.f32act;
     duet_act_q8 act = {.k = k, .nb = k / 32, .paired = isa == DUET_CPU_ISA_AVX512,
                        .offset128 = isa == DUET_CPU_ISA_AVX512 && wt == DUET_Q8_0};
     /* One allocation: per-thread scratch, then the quantized activations. */
@@ -146,8 +158,16 @@ void duet_matmul_isa(duet_threadpool *pool, duet_cpu_isa isa, const float *x, co
     free(mem);
 }
 
+void duet_matmul_isa(duet_threadpool *pool, duet_cpu_isa isa, const float *x, const void *w,
+                     duet_dtype wt, const float *bias, float *y, int64_t m, int64_t k,
+                     int64_t n)
+{
+    duet_matmul_isa_act(pool, isa, DUET_MM_ACT_F32, x, w, wt, bias, y, m, k, n);
+}
+
 void duet_matmul_fast(duet_threadpool *pool, const float *x, const void *w, duet_dtype wt,
                       const float *bias, float *y, int64_t m, int64_t k, int64_t n)
 {
-    duet_matmul_isa(pool, isa_per_call(), x, w, wt, bias, y, m, k, n);
+    duet_matmul_isa_act(pool, isa_per_call(), duet_mm_act_detect(), x, w, wt, bias, y, m, k,
+                        n);
 }

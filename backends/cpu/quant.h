@@ -7,9 +7,16 @@
  *    a fixed order with double accumulation per block of the row. The
  *    conformance oracle for every other path and backend.
  *  - fast: SIMD (AVX2/FMA/F16C baseline, AVX-512/VNNI where present,
- *    chosen at run time). For the integer quants the activations are
- *    quantized once per row to an 8-bit partner format and dotted with
- *    integer instructions; for F32/F16/BF16 straight FMA.
+ *    chosen at run time). For the 32-element integer quants (Q4_0, Q4_1,
+ *    Q8_0) the activations stay f32 and each weight block is dequantized
+ *    in registers (exactly the reference's values) and dotted with FMA:
+ *    NMSE vs the reference ~1e-13. For F32/F16/BF16 and the K-quants,
+ *    straight FMA on f32 weights.
+ *  - int8 activations, opt-in only (DUET_CPU_MATMUL=int8 in the
+ *    environment, read by duet_matmul_fast on each call): Q4_0/Q4_1/Q8_0
+ *    quantize the activations once per row to an 8-bit partner format and
+ *    dot with integer instructions. Faster, but ~0.5% relative noise per
+ *    matmul, too much for a 30-layer model to keep fp32 greedy outputs.
  * Fast results match the reference to matmul tolerance (NMSE <= 5e-4),
  * not bitwise; both are deterministic and depend neither on the thread
  * count nor on how many rows are in the batch (batch invariance).
@@ -52,7 +59,8 @@ duet_cpu_isa duet_cpu_isa_detect(void);
 /* y[m][n] = x[m][k] . w[n][k]^T (+ bias[n] when bias != NULL).
  * _ref: single-threaded reference. _fast: the SIMD path, split across the
  * pool (pool may be NULL = single thread); DUET_CPU_REFERENCE=1 in the
- * environment makes it fall back to the reference. */
+ * environment makes it fall back to the reference, DUET_CPU_MATMUL=int8
+ * selects the int8-activation path for Q4_0/Q4_1/Q8_0. */
 void duet_matmul_ref(const float *x, const void *w, duet_dtype wt, const float *bias,
                      float *y, int64_t m, int64_t k, int64_t n);
 void duet_matmul_fast(duet_threadpool *pool, const float *x, const void *w, duet_dtype wt,
@@ -67,5 +75,22 @@ void duet_matmul_fast(duet_threadpool *pool, const float *x, const void *w, duet
 void duet_matmul_isa(duet_threadpool *pool, duet_cpu_isa isa, const float *x, const void *w,
                      duet_dtype wt, const float *bias, float *y, int64_t m, int64_t k,
                      int64_t n);
+
+/* Activations of the Q4_0/Q4_1/Q8_0 fast path (see the top of the file). */
+typedef enum duet_mm_act {
+    DUET_MM_ACT_F32 = 0,  /* default: f32 activations, dequantized weights */
+    DUET_MM_ACT_INT8 = 1, /* opt-in: 8-bit activations, integer dots */
+} duet_mm_act;
+
+/* DUET_MM_ACT_INT8 when DUET_CPU_MATMUL=int8 is in the environment, else
+ * DUET_MM_ACT_F32 (a getenv, ~30 ns). */
+duet_mm_act duet_mm_act_detect(void);
+
+/* duet_matmul_isa with the activation path chosen by the caller (path is
+ * ignored for the other weight types). duet_matmul_isa is this with
+ * DUET_MM_ACT_F32; duet_matmul_fast passes duet_mm_act_detect(). */
+void duet_matmul_isa_act(duet_threadpool *pool, duet_cpu_isa isa, duet_mm_act path,
+                         const float *x, const void *w, duet_dtype wt, const float *bias,
+                         float *y, int64_t m, int64_t k, int64_t n);
 
 #endif

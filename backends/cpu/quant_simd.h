@@ -1,14 +1,16 @@
 /*
  * quant_simd.h — what matmul.c shares with the per-ISA kernel files
- * (quant_avx2.c, quant_avx512.c). Internal to the CPU backend.
+ * (quant_avx2.c, quant_avx512.c, and quant_f32act_avx2.c /
+ * quant_f32act_avx512.c for the default f32-activation path of the
+ * 32-element integer quants). Internal to the CPU backend.
  *
  * Batch invariance rests on one rule every kernel here keeps: output (i, j)
  * is computed by the same sequence of float operations whatever tile shape,
  * remainder path or thread computed it. Each (weight row, activation row)
  * pair owns one float accumulator (8 lanes; 16 in the AVX-512 integer
- * kernels) whose lanes receive, in block order, fixed groups of the
+ * and f32-activation kernels) whose lanes receive, in block order, fixed groups of the
  * block's elements; the lanes are then summed by one fixed tree. Integer
- * block dots are exact. The AVX2 and AVX-512 kernels group lanes
+ * block dots and the f32-activation dequantized weights are exact. The AVX2 and AVX-512 kernels group lanes
  * differently, so their results may differ in the last bits; each is
  * deterministic and batch/thread invariant on its own.
  */
@@ -51,7 +53,8 @@ typedef struct duet_mm_job {
     int64_t m, k, n;
 } duet_mm_job;
 
-/* Whether wt goes through the integer path (activations quantized). */
+/* Whether wt is a 32-element integer quant: it goes through the f32-
+ * activation kernels by default, the integer path on opt-in. */
 static inline int duet_mm_is_int(duet_dtype wt)
 {
     return wt == DUET_Q4_0 || wt == DUET_Q4_1 || wt == DUET_Q8_0;
@@ -73,5 +76,17 @@ void duet_mm_region_avx2(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t
                          int64_t c1, float *scratch);
 void duet_mm_region_avx512(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c0,
                            int64_t c1, float *scratch);
+
+/* The f32-activation kernels (quant_f32act_*.c) of the integer quants:
+ * same contract as the region calls above, job->a unused. */
+void duet_mm_region_f32act_avx2(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c0,
+                                int64_t c1, float *scratch);
+void duet_mm_region_f32act_avx512(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c0,
+                                  int64_t c1, float *scratch);
+/* f32 block scales of R <= DUET_TILE_R_MAX weight rows from r0, block-
+ * major so a tile walks them with one pointer: sc[b][0][r] = d, sc[b][1][r]
+ * = m (Q4_1's min, Q4_0's -8d), each [DUET_TILE_R_MAX] with rows past R
+ * repeating row R-1. Needs 2 * DUET_TILE_R_MAX * (k/32) floats. */
+void duet_f32act_load_scales(const duet_mm_job *job, int64_t r0, int R, float *sc);
 
 #endif

@@ -6,6 +6,11 @@
  *
  * Weights are random blocks (random quant bytes, random but sane half
  * scales), so every bit pattern a block can hold gets exercised.
+ *
+ * Q4_0/Q4_1/Q8_0 have two fast paths: the default keeps activations f32
+ * and dequantizes the weights exactly, so it must match the reference to
+ * f32 summation error (NMSE <= 1e-9); the int8-activation opt-in only to
+ * matmul tolerance (5e-4).
  */
 #include <math.h>
 #include <setjmp.h>
@@ -158,6 +163,9 @@ static int setup(void **state)
     fixture *f = calloc(1, sizeof *f);
     if (!f || duet_threadpool_create(2, &f->pool2) != DUET_OK)
         return -1;
+    /* The defaults are under test, whatever the caller's shell exports. */
+    unsetenv("DUET_CPU_MATMUL");
+    unsetenv("DUET_CPU_REFERENCE");
     duet_cpu_features feat;
     duet_cpu_features_get(&feat);
     duet_cpu_isa best = duet_cpu_isa_select(&feat, 0);
@@ -177,11 +185,23 @@ static int teardown(void **state)
     return 0;
 }
 
-/* One (type, shape): fast vs reference, every output written and finite,
- * batch / thread / kernel-family invariance. */
-static void check_case(const fixture *f, rng *r, duet_dtype t, int64_t m, int64_t k, int64_t n,
-                       int with_bias)
+static int is_int_quant(duet_dtype t)
 {
+    return t == DUET_Q4_0 || t == DUET_Q4_1 || t == DUET_Q8_0;
+}
+
+/* What a fast path must reach vs the reference. */
+static double tolerance(duet_dtype t, duet_mm_act path)
+{
+    return is_int_quant(t) && path == DUET_MM_ACT_F32 ? 1e-9 : 5e-4;
+}
+
+/* One (type, shape, activation path): fast vs reference, every output
+ * written and finite, batch / thread invariance per kernel family. */
+static void check_case_path(const fixture *f, rng *r, duet_dtype t, duet_mm_act path, int64_t m,
+                            int64_t k, int64_t n, int with_bias)
+{
+    const double tol = tolerance(t, path);
     uint8_t *w = random_weights(r, t, n, k);
     float *x = random_floats(r, m * k);
     float *bias = with_bias ? random_floats(r, n) : NULL;
@@ -192,37 +212,40 @@ static void check_case(const fixture *f, rng *r, duet_dtype t, int64_t m, int64_
         float *first = NULL;
         for (int threads = 1; threads <= 2; threads++) {
             float *y = nan_floats(m * n);
-            duet_matmul_isa(threads == 2 ? f->pool2 : NULL, f->isas[s], x, w, t, bias, y, m, k,
-                            n);
+            duet_matmul_isa_act(threads == 2 ? f->pool2 : NULL, f->isas[s], path, x, w, t, bias,
+                                y, m, k, n);
             if (!all_finite(y, m * n))
-                fail_msg("%s m=%lld k=%lld n=%lld isa=%d threads=%d: unwritten or non-finite "
-                         "output", duet_dtype_get(t)->name, (long long)m, (long long)k,
-                         (long long)n, (int)f->isas[s], threads);
+                fail_msg("%s m=%lld k=%lld n=%lld isa=%d path=%d threads=%d: unwritten or "
+                         "non-finite output", duet_dtype_get(t)->name, (long long)m,
+                         (long long)k, (long long)n, (int)f->isas[s], (int)path, threads);
             double e = nmse(y, ref, m * n);
-            if (!(e <= 5e-4))
-                fail_msg("%s m=%lld k=%lld n=%lld isa=%d: NMSE %g > 5e-4",
+            if (!(e <= tol))
+                fail_msg("%s m=%lld k=%lld n=%lld isa=%d path=%d: NMSE %g > %g",
                          duet_dtype_get(t)->name, (long long)m, (long long)k, (long long)n,
-                         (int)f->isas[s], e);
+                         (int)f->isas[s], (int)path, e, tol);
             if (!first) {
                 first = y;
                 continue;
             }
             /* The thread count changes no bit. */
             if (memcmp(first, y, (size_t)(m * n) * sizeof *y) != 0)
-                fail_msg("%s m=%lld k=%lld n=%lld isa=%d: 2 threads differ bitwise from 1",
-                         duet_dtype_get(t)->name, (long long)m, (long long)k, (long long)n,
-                         (int)f->isas[s]);
+                fail_msg("%s m=%lld k=%lld n=%lld isa=%d path=%d: 2 threads differ bitwise "
+                         "from 1", duet_dtype_get(t)->name, (long long)m, (long long)k,
+                         (long long)n, (int)f->isas[s], (int)path);
             free(y);
         }
         /* Batch invariance: each row alone gives the same bits as in the batch. */
         if (m > 1) {
             float *one = nan_floats(n);
             for (int64_t i = 0; i < m; i++) {
-                duet_matmul_isa(NULL, f->isas[s], x + i * k, w, t, bias, one, 1, k, n);
+                for (int64_t j = 0; j < n; j++)
+                    one[j] = NAN;
+                duet_matmul_isa_act(NULL, f->isas[s], path, x + i * k, w, t, bias, one, 1, k, n);
                 if (memcmp(one, first + i * n, (size_t)n * sizeof *one) != 0)
-                    fail_msg("%s m=%lld k=%lld n=%lld isa=%d: row %lld differs from the m=1 "
-                             "result", duet_dtype_get(t)->name, (long long)m, (long long)k,
-                             (long long)n, (int)f->isas[s], (long long)i);
+                    fail_msg("%s m=%lld k=%lld n=%lld isa=%d path=%d: row %lld differs from "
+                             "the m=1 result", duet_dtype_get(t)->name, (long long)m,
+                             (long long)k, (long long)n, (int)f->isas[s], (int)path,
+                             (long long)i);
             }
             free(one);
         }
@@ -232,6 +255,17 @@ static void check_case(const fixture *f, rng *r, duet_dtype t, int64_t m, int64_
     free(bias);
     free(x);
     free(w);
+}
+
+/* check_case_path for every path the type has. */
+static void check_case(const fixture *f, rng *r, duet_dtype t, int64_t m, int64_t k, int64_t n,
+                       int with_bias)
+{
+    /* Both paths see the same data. */
+    rng again = *r;
+    check_case_path(f, r, t, DUET_MM_ACT_F32, m, k, n, with_bias);
+    if (is_int_quant(t))
+        check_case_path(f, &again, t, DUET_MM_ACT_INT8, m, k, n, with_bias);
 }
 
 static void test_fast_matches_reference(void **state)
@@ -293,6 +327,99 @@ static void test_model_shapes(void **state)
     check_case(f, &r, DUET_Q4_1, 70, 1536, 576, 1);
 }
 
+/* A batch of 512 rows (prefill size, several passes over the weights):
+ * every row still gives the bits of its m = 1 call. */
+static void test_batch_invariance_512(void **state)
+{
+    const fixture *f = *state;
+    if (f->n_isas == 0)
+        skip();
+    rng r = {512};
+    const duet_dtype types[] = {DUET_Q4_0, DUET_Q4_1, DUET_Q8_0};
+    for (size_t ti = 0; ti < 3; ti++)
+        check_case(f, &r, types[ti], 512, 576, 67, (int)(ti & 1));
+}
+
+/* With one-hot activations the f32 path returns single weights: they must
+ * be bitwise the reference dequantization, in the right element order
+ * (nibble j and j+16 share a byte), for every row and tile position. */
+static void test_f32act_weights_exact(void **state)
+{
+    const fixture *f = *state;
+    if (f->n_isas == 0)
+        skip();
+    rng r = {77};
+    const duet_dtype types[] = {DUET_Q4_0, DUET_Q4_1, DUET_Q8_0};
+    const int64_t k = 96, n = 11;
+    float *x = calloc((size_t)(k * k), sizeof *x);
+    float *want = malloc((size_t)(n * k) * sizeof *want);
+    assert_non_null(x);
+    assert_non_null(want);
+    for (int64_t i = 0; i < k; i++)
+        x[i * k + i] = 1.0f;
+    for (size_t ti = 0; ti < 3; ti++) {
+        uint8_t *w = random_weights(&r, types[ti], n, k);
+        size_t row = duet_dtype_row_bytes(types[ti], k);
+        for (int64_t j = 0; j < n; j++)
+            duet_dequant_row(types[ti], w + (size_t)j * row, want + j * k, k);
+        for (int s = 0; s < f->n_isas; s++) {
+            float *y = nan_floats(k * n);
+            duet_matmul_isa_act(NULL, f->isas[s], DUET_MM_ACT_F32, x, w, types[ti], NULL, y, k,
+                                k, n);
+            for (int64_t i = 0; i < k; i++)
+                for (int64_t j = 0; j < n; j++)
+                    if (memcmp(&y[i * n + j], &want[j * k + i], sizeof *y) != 0)
+                        fail_msg("%s isa=%d: weight (%lld, %lld) is %.9g, reference %.9g",
+                                 duet_dtype_get(types[ti])->name, (int)f->isas[s], (long long)j,
+                                 (long long)i, y[i * n + j], want[j * k + i]);
+            free(y);
+        }
+        free(w);
+    }
+    free(want);
+    free(x);
+}
+
+/* DUET_CPU_MATMUL=int8 (exactly) switches duet_matmul_fast to the int8
+ * path; anything else leaves the f32 default. */
+static void test_int8_opt_in(void **state)
+{
+    const fixture *f = *state;
+    if (f->n_isas == 0)
+        skip();
+    rng r = {21};
+    const int64_t m = 5, k = 576, n = 33;
+    uint8_t *w = random_weights(&r, DUET_Q4_1, n, k);
+    float *x = random_floats(&r, m * k);
+    float *f32 = nan_floats(m * n), *int8 = nan_floats(m * n), *y = nan_floats(m * n);
+    duet_cpu_isa isa = duet_cpu_isa_detect();
+    duet_matmul_isa_act(NULL, isa, DUET_MM_ACT_F32, x, w, DUET_Q4_1, NULL, f32, m, k, n);
+    duet_matmul_isa_act(NULL, isa, DUET_MM_ACT_INT8, x, w, DUET_Q4_1, NULL, int8, m, k, n);
+    /* The two paths really differ, or the checks below prove nothing. */
+    assert_true(memcmp(f32, int8, (size_t)(m * n) * sizeof *y) != 0);
+
+    assert_int_equal(duet_mm_act_detect(), DUET_MM_ACT_F32);
+    duet_matmul_fast(NULL, x, w, DUET_Q4_1, NULL, y, m, k, n);
+    assert_memory_equal(y, f32, (size_t)(m * n) * sizeof *y);
+    /* duet_matmul_isa is the f32 default too. */
+    duet_matmul_isa(NULL, isa, x, w, DUET_Q4_1, NULL, y, m, k, n);
+    assert_memory_equal(y, f32, (size_t)(m * n) * sizeof *y);
+
+    setenv("DUET_CPU_MATMUL", "int8", 1);
+    assert_int_equal(duet_mm_act_detect(), DUET_MM_ACT_INT8);
+    duet_matmul_fast(NULL, x, w, DUET_Q4_1, NULL, y, m, k, n);
+    assert_memory_equal(y, int8, (size_t)(m * n) * sizeof *y);
+
+    setenv("DUET_CPU_MATMUL", "1", 1);
+    assert_int_equal(duet_mm_act_detect(), DUET_MM_ACT_F32);
+    unsetenv("DUET_CPU_MATMUL");
+    free(y);
+    free(int8);
+    free(f32);
+    free(x);
+    free(w);
+}
+
 /* The NMSE check must catch a wrong answer: corrupt one output of a correct
  * result by a realistic amount and see the metric cross the threshold. */
 static void test_nmse_catches_corruption(void **state)
@@ -316,6 +443,12 @@ static void test_nmse_catches_corruption(void **state)
     duet_matmul_isa(NULL, f->isas[0], x, w, DUET_Q4_1, NULL, y, m, k, n);
     y[5] = 0.0f;
     assert_true(nmse(y, ref, m * n) > 5e-4 || fabsf(ref[5]) < 1e-3f);
+    /* The f32-activation bound: 1e-4 relative error must already fail. */
+    duet_matmul_isa(NULL, f->isas[0], x, w, DUET_Q4_1, NULL, y, m, k, n);
+    assert_true(nmse(y, ref, m * n) <= 1e-9);
+    for (int64_t i = 0; i < m * n; i++)
+        y[i] *= 1.0001f;
+    assert_true(nmse(y, ref, m * n) > 1e-9);
     free(y);
     free(ref);
     free(x);
@@ -378,6 +511,9 @@ int main(void)
         cmocka_unit_test(test_float_types_ragged_k),
         cmocka_unit_test(test_odd_block_count),
         cmocka_unit_test(test_model_shapes),
+        cmocka_unit_test(test_f32act_weights_exact),
+        cmocka_unit_test(test_int8_opt_in),
+        cmocka_unit_test(test_batch_invariance_512),
         cmocka_unit_test(test_fast_matches_reference),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

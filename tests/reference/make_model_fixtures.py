@@ -17,6 +17,7 @@ For each prompt the fixture holds
 
 Usage:
   make_model_fixtures.py [--model PATH] [--out PATH] [--threads N]
+                         [--numpy-check] # also check against a float64 numpy forward
                          [--llama-cpp]   # also compare with llama-cpp-python
 
 Deterministic: one torch thread, deterministic algorithms, fixed RNG seed.
@@ -204,12 +205,82 @@ def compare_llama_cpp(model_path, prompts_out, fixed_ids, threads):
     return {"llama_cpp_python": llama_cpp.__version__, "n_threads": threads, "rows": rows}
 
 
+def numpy_check(model_path, prompts_out, fixed_ids):
+    """Second, independent reference: a float64 Llama forward in numpy read
+    straight from the GGUF (gguf.quants dequantization, llama.cpp's tensor
+    layout, so rotary pairs are adjacent). Agreement with transformers shows
+    the fixture is the model itself, not one implementation's quirk."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    rd = GGUFReader(model_path)
+    w = {t.name: np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float64)
+         .reshape([int(x) for x in reversed(t.shape.tolist())]) for t in rd.tensors}
+    field = lambda k: rd.fields[k].contents()
+    n_layer, n_head = field("llama.block_count"), field("llama.attention.head_count")
+    n_kv, eps = field("llama.attention.head_count_kv"), field("llama.attention.layer_norm_rms_epsilon")
+    theta, dim = field("llama.rope.freq_base"), field("llama.embedding_length")
+    hd = dim // n_head
+    emb = w["token_embd.weight"]
+    out_w = w.get("output.weight", emb)
+
+    def rms(x, g):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
+
+    def rope(x, pos):
+        ang = pos[:, None] * theta ** (-2.0 * np.arange(hd // 2) / hd)[None, :]
+        c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        a, b = x[..., 0::2], x[..., 1::2]
+        o = np.empty_like(x)
+        o[..., 0::2], o[..., 1::2] = a * c - b * s, a * s + b * c
+        return o
+
+    def forward(ids):
+        t = len(ids)
+        pos = np.arange(t, dtype=np.float64)
+        mask = np.triu(np.full((t, t), -np.inf), 1)
+        x = emb[ids]
+        for l in range(n_layer):
+            g = lambda n: w[f"blk.{l}.{n}.weight"]
+            h = rms(x, g("attn_norm"))
+            q = rope((h @ g("attn_q").T).reshape(t, n_head, hd), pos)
+            k = rope((h @ g("attn_k").T).reshape(t, n_kv, hd), pos)
+            v = (h @ g("attn_v").T).reshape(t, n_kv, hd)
+            o = np.empty((t, n_head, hd))
+            for j in range(n_head):
+                kv = j // (n_head // n_kv)
+                sc = q[:, j] @ k[:, kv].T / np.sqrt(hd) + mask
+                sc = np.exp(sc - sc.max(axis=1, keepdims=True))
+                o[:, j] = (sc / sc.sum(axis=1, keepdims=True)) @ v[:, kv]
+            x = x + o.reshape(t, dim) @ g("attn_output").T
+            h = rms(x, g("ffn_norm"))
+            gate, up = h @ g("ffn_gate").T, h @ g("ffn_up").T
+            x = x + (gate / (1 + np.exp(-gate)) * up) @ g("ffn_down").T
+        return rms(x, w["output_norm.weight"]) @ out_w.T
+
+    tot = agree = 0
+    nms = []
+    for p in prompts_out:
+        seq = p["prompt_ids"] + p["greedy_ids"]
+        lg = forward(np.array(seq))
+        pos = p["positions"]
+        for i in range(len(seq)):
+            ref = np.array(pos["top_logits"][i] + pos["fixed_logits"][i])
+            nms.append(nmse(lg[i][pos["top_ids"][i] + fixed_ids], ref))
+            agree += int(np.argmax(lg[i]) == pos["top_ids"][i][0])
+        tot += len(seq)
+    print(f"numpy float64 vs transformers float32: top-1 {agree}/{tot}, "
+          f"NMSE mean {np.mean(nms):.2e} max {np.max(nms):.2e}", file=sys.stderr)
+    return agree == tot and max(nms) < 1e-8
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=default_model_path())
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "fixtures", "model_smollm2_135m_q4_1.json"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--numpy-check", action="store_true",
+                    help="cross-check the fixture with an independent float64 numpy forward")
     ap.add_argument("--llama-cpp", action="store_true",
                     help="compare llama-cpp-python with the reference; writes <out>.llamacpp.json")
     args = ap.parse_args()
@@ -262,6 +333,9 @@ def main():
         })
         print(f"{name:15s} prompt={len(prompt_ids):3d} positions={len(seq):3d} "
               f"first_eos={eos_at} tf_mismatch={tf_mismatch}", file=sys.stderr)
+
+    if args.numpy_check and not numpy_check(args.model, prompts_out, fixed_ids):
+        sys.exit("the numpy float64 forward disagrees with transformers; fixture not trusted")
 
     fixture = {
         "format": 1,

@@ -153,20 +153,20 @@ static int setup(void **state)
                 "%s with %lld bytes (sha256 %s)\n",
                 path, (long long)sb.st_size, json_string_value(json_object_get(m, "file")),
                 want_size, json_string_value(json_object_get(m, "sha256")));
-        return -1;
+        goto out_fail;
     }
 
     duet_model_options mo = {.device = "cpu", .n_threads = 0};
     if (duet_model_load(path, &mo, &st.model) != DUET_OK) {
         fprintf(stderr, "test_model_reference: load %s: %s\n", path, duet_last_error());
-        return -1;
+        goto out_fail;
     }
     st.vocab = duet_model_vocab_size(st.model);
     int fx_vocab = (int)json_integer_value(json_object_get(m, "vocab_size"));
     if (st.vocab != fx_vocab) {
         fprintf(stderr, "test_model_reference: duet reports vocab %d, fixture %d\n", st.vocab,
                 fx_vocab);
-        return -1;
+        goto out_fail;
     }
     st.prompts = json_object_get(st.fx, "prompts");
     st.n_prompts = (int)json_array_size(st.prompts);
@@ -178,7 +178,7 @@ static int setup(void **state)
     if (st.n_prompts < 1 || st.n_prompts > MAX_PROMPTS || st.n_top < 2 || st.n_generate < 1) {
         fprintf(stderr, "test_model_reference: fixture has %d prompts (1..%d), n_top %d, "
                         "n_generate %d\n", st.n_prompts, MAX_PROMPTS, st.n_top, st.n_generate);
-        return -1;
+        goto out_fail;
     }
     for (int i = 0; i < st.n_prompts; i++) {
         prompt_result *r = &st.res[i];
@@ -189,10 +189,16 @@ static int setup(void **state)
     duet_session_options so = {.max_context = 512};
     if (duet_session_create(st.model, &so, &st.session) != DUET_OK) {
         fprintf(stderr, "test_model_reference: session: %s\n", duet_last_error());
-        return -1;
+        goto out_fail;
     }
     *state = &st;
     return 0;
+
+out_fail:
+    duet_model_free(st.model);
+    free(st.fixed_ids);
+    json_decref(st.fx);
+    return -1;
 }
 
 static void print_summary(const fixture_state *st)
