@@ -6,6 +6,7 @@
  * a user's file and cannot drift from what a real config would give.
  */
 #include "dummy.h"
+#include "tokenizer_impl.h"
 
 #include <assert.h>
 #include <jansson.h>
@@ -316,22 +317,10 @@ static duet_status read_shape(const duet_dummy_options *o, dummy_shape *s)
 
 /* GPT-2's byte-to-unicode alphabet: printable bytes stand for themselves,
  * the others take code points from U+0100 in byte order. */
-static size_t byte_token(int b, char out[2])
+static size_t byte_token(int b, char out[4])
 {
-    int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-    int cp = b;
-    if (!printable) {
-        cp = 256;
-        for (int x = 0; x < b; x++)
-            cp += !((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255));
-    }
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    out[0] = (char)(0xC0 | (cp >> 6));
-    out[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
+    /* The same byte-to-unicode alphabet the tokenizer decodes. */
+    return (size_t)duet_utf8_encode(duet_byte_to_cp((uint8_t)b), out);
 }
 
 static void write_tokenizer(duet_gguf_writer *w, const dummy_shape *s)

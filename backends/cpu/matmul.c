@@ -5,6 +5,7 @@
  * count nor the batch size changes any output bit (see quant_simd.h).
  */
 #include <assert.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,7 +13,8 @@
 #include "quant_simd.h"
 
 /* Activation rows per pass over a thread's weights: 64 rows of k = 1536
- * int8 stay in L2 while every weight tile streams past them. */
+ * (int8, or f32: 384 KiB) stay in L2 while every weight tile streams past
+ * them. */
 #define ROWS_PER_PASS 64
 
 duet_cpu_isa duet_cpu_isa_select(const duet_cpu_features *f, int force_reference)
@@ -129,20 +131,26 @@ void duet_matmul_isa_act(duet_threadpool *pool, duet_cpu_isa isa, duet_mm_act pa
         .f32act = duet_mm_is_int(wt) && path == DUET_MM_ACT_F32,
         .x = x,
     };
+    /* The f32-activation kernels gather scales with 32-bit row offsets;
+     * rows of over ~250 MiB are no model's, but stay correct. */
+    if (c.f32act && c.job.row_bytes > INT32_MAX / DUET_TILE_R_MAX) {
+        duet_matmul_ref(x, w, wt, bias, y, m, k, n);
+        return;
+    }
     c.scratch_floats = duet_mm_scratch_floats(&c.job);
-    int is_int = duet_mm_is_int(wt) && !c.f32act;
+    int quantize_x = duet_mm_is_int(wt) && !c.f32act;
     duet_act_q8 act = {.k = k, .nb = k / 32, .paired = isa == DUET_CPU_ISA_AVX512,
                        .offset128 = isa == DUET_CPU_ISA_AVX512 && wt == DUET_Q8_0};
     /* One allocation: per-thread scratch, then the quantized activations. */
     size_t scratch_bytes = (size_t)nth * (size_t)c.scratch_floats * sizeof(float);
-    size_t act_bytes = is_int ? (size_t)m * (size_t)(k + 8 * act.nb) : 0;
+    size_t act_bytes = quantize_x ? (size_t)m * (size_t)(k + 8 * act.nb) : 0;
     char *mem = malloc(scratch_bytes + act_bytes);
     if (!mem) { /* cannot fail: the reference needs no memory */
         duet_matmul_ref(x, w, wt, bias, y, m, k, n);
         return;
     }
     c.scratch = (float *)mem;
-    if (is_int) {
+    if (quantize_x) {
         act.d = (float *)(mem + scratch_bytes);
         act.s = act.d + m * act.nb;
         act.q = (int8_t *)(act.s + m * act.nb);
