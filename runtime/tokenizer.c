@@ -524,3 +524,41 @@ out_free_ids:
     free(out.v);
     return rc;
 }
+
+static int merge_before(const duet_merge_cand *x, const duet_merge_cand *y)
+{
+    return x->key < y->key || (x->key == y->key && x->pos < y->pos);
+}
+
+void duet_merge_heap_push(duet_merge_heap *h, duet_merge_cand c)
+{
+    size_t i = h->n++;
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!merge_before(&c, &h->v[parent]))
+            break;
+        h->v[i] = h->v[parent];
+        i = parent;
+    }
+    h->v[i] = c;
+}
+
+duet_merge_cand duet_merge_heap_pop(duet_merge_heap *h)
+{
+    duet_merge_cand top = h->v[0], last = h->v[--h->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= h->n)
+            break;
+        if (c + 1 < h->n && merge_before(&h->v[c + 1], &h->v[c]))
+            c++;
+        if (!merge_before(&h->v[c], &last))
+            break;
+        h->v[i] = h->v[c];
+        i = c;
+    }
+    if (h->n > 0)
+        h->v[i] = last;
+    return top;
+}

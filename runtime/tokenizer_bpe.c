@@ -147,62 +147,14 @@ typedef struct bpe_sym {
     int32_t prev, next; /* -1 at the ends */
 } bpe_sym;
 
-typedef struct bpe_cand {
-    int32_t rank;
-    int32_t pos;   /* left symbol; positions grow left to right */
-    int32_t left, right, merged;
-} bpe_cand;
-
-static int cand_before(const bpe_cand *x, const bpe_cand *y)
-{
-    return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos);
-}
-
-typedef struct bpe_heap {
-    bpe_cand *v;
-    size_t n;
-} bpe_heap;
-
-static void heap_push(bpe_heap *h, bpe_cand c)
-{
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!cand_before(&c, &h->v[parent]))
-            break;
-        h->v[i] = h->v[parent];
-        i = parent;
-    }
-    h->v[i] = c;
-}
-
-static bpe_cand heap_pop(bpe_heap *h)
-{
-    bpe_cand top = h->v[0], last = h->v[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n)
-            break;
-        if (c + 1 < h->n && cand_before(&h->v[c + 1], &h->v[c]))
-            c++;
-        if (!cand_before(&h->v[c], &last))
-            break;
-        h->v[i] = h->v[c];
-        i = c;
-    }
-    if (h->n > 0)
-        h->v[i] = last;
-    return top;
-}
-
-static void push_pair(const duet_tokenizer *t, bpe_heap *h, const bpe_sym *sym, int32_t pos)
+static void push_pair(const duet_tokenizer *t, duet_merge_heap *h, const bpe_sym *sym, int32_t pos)
 {
     if (pos < 0 || sym[pos].next < 0)
         return;
-    bpe_cand c = {.pos = pos, .left = sym[pos].id, .right = sym[sym[pos].next].id};
-    if (merge_find(&t->merges, c.left, c.right, &c.rank, &c.merged))
-        heap_push(h, c);
+    int32_t rank, merged, left = sym[pos].id, right = sym[sym[pos].next].id;
+    if (merge_find(&t->merges, left, right, &rank, &merged))
+        duet_merge_heap_push(h, (duet_merge_cand){.key = rank, .pos = pos, .a = left, .b = right,
+                                                  .c = merged});
 }
 
 /* Small pre-tokens (nearly all of them) work on the stack. */
@@ -229,9 +181,9 @@ duet_status duet_bpe_encode_segment(const duet_tokenizer *t, const char *s, size
     }
 
     bpe_sym stack_sym[BPE_STACK_SYMS];
-    bpe_cand stack_cand[3 * BPE_STACK_SYMS];
+    duet_merge_cand stack_cand[3 * BPE_STACK_SYMS];
     bpe_sym *sym = stack_sym;
-    bpe_heap h = {.v = stack_cand};
+    duet_merge_heap h = {.v = stack_cand};
     if (len > BPE_STACK_SYMS) {
         sym = malloc(len * sizeof *sym);
         /* at most len-1 initial pairs plus two per merge */
@@ -263,14 +215,14 @@ duet_status duet_bpe_encode_segment(const duet_tokenizer *t, const char *s, size
         push_pair(t, &h, sym, i);
 
     while (h.n > 0) {
-        bpe_cand c = heap_pop(&h);
+        duet_merge_cand c = duet_merge_heap_pop(&h);
         bpe_sym *l = &sym[c.pos];
         /* stale: the left symbol was absorbed (id -1) or either side has
          * changed since the candidate was pushed */
-        if (l->id != c.left || l->next < 0 || sym[l->next].id != c.right)
+        if (l->id != c.a || l->next < 0 || sym[l->next].id != c.b)
             continue;
         int32_t r = l->next;
-        l->id = c.merged;
+        l->id = c.c;
         l->next = sym[r].next;
         if (l->next >= 0)
             sym[l->next].prev = c.pos;

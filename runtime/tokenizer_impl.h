@@ -148,4 +148,24 @@ duet_status duet_spm_encode_segment(const duet_tokenizer *t, const char *s, size
 uint32_t duet_byte_to_cp(uint8_t b);
 int duet_cp_to_byte(uint32_t cp);
 
+
+/* A candidate merge of the symbol at pos with its right neighbour, kept in
+ * a binary heap by the BPE and the SentencePiece merge loops: lowest key
+ * first, then leftmost. BPE's key is the merge rank, SentencePiece's the
+ * negated piece score (best score first). a, b, c describe the pair when it
+ * was pushed, so a stale entry is recognised when it is popped. */
+typedef struct duet_merge_cand {
+    double key;
+    int32_t pos;
+    int32_t a, b, c;
+} duet_merge_cand;
+
+typedef struct duet_merge_heap {
+    duet_merge_cand *v; /* capacity is the caller's business */
+    size_t n;
+} duet_merge_heap;
+
+void duet_merge_heap_push(duet_merge_heap *h, duet_merge_cand c);
+duet_merge_cand duet_merge_heap_pop(duet_merge_heap *h); /* h->n > 0 */
+
 #endif

@@ -30,55 +30,6 @@ typedef struct spm_sym {
     int32_t prev, next;
 } spm_sym;
 
-typedef struct spm_cand {
-    float score;
-    int32_t pos;            /* left symbol */
-    uint32_t left_len, right_len;
-} spm_cand;
-
-static int cand_before(const spm_cand *x, const spm_cand *y)
-{
-    return x->score > y->score || (x->score == y->score && x->pos < y->pos);
-}
-
-typedef struct spm_heap {
-    spm_cand *v;
-    size_t n;
-} spm_heap;
-
-static void heap_push(spm_heap *h, spm_cand c)
-{
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!cand_before(&c, &h->v[parent]))
-            break;
-        h->v[i] = h->v[parent];
-        i = parent;
-    }
-    h->v[i] = c;
-}
-
-static spm_cand heap_pop(spm_heap *h)
-{
-    spm_cand top = h->v[0], last = h->v[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n)
-            break;
-        if (c + 1 < h->n && cand_before(&h->v[c + 1], &h->v[c]))
-            c++;
-        if (!cand_before(&h->v[c], &last))
-            break;
-        h->v[i] = h->v[c];
-        i = c;
-    }
-    if (h->n > 0)
-        h->v[i] = last;
-    return top;
-}
-
 /* Pieces a merge may produce: sentencepiece keeps control, unknown and
  * byte pieces out of its merge table. */
 static int mergeable(const duet_tokenizer *t, int32_t id)
@@ -86,7 +37,7 @@ static int mergeable(const duet_tokenizer *t, int32_t id)
     return id >= 0 && (t->type[id] == DUET_TOKEN_NORMAL || t->type[id] == DUET_TOKEN_USER_DEFINED);
 }
 
-static void push_pair(const duet_tokenizer *t, spm_heap *h, const spm_sym *sym, const char *text,
+static void push_pair(const duet_tokenizer *t, duet_merge_heap *h, const spm_sym *sym, const char *text,
                       int32_t pos)
 {
     if (pos < 0 || sym[pos].next < 0)
@@ -94,8 +45,8 @@ static void push_pair(const duet_tokenizer *t, spm_heap *h, const spm_sym *sym, 
     const spm_sym *l = &sym[pos], *r = &sym[l->next];
     int32_t id = duet_vocab_lookup(t, text + l->start, l->len + r->len);
     if (mergeable(t, id))
-        heap_push(h, (spm_cand){.score = t->score[id], .pos = pos, .left_len = l->len,
-                                .right_len = r->len});
+        duet_merge_heap_push(h, (duet_merge_cand){.key = -(double)t->score[id], .pos = pos,
+                                                  .a = (int32_t)l->len, .b = (int32_t)r->len});
 }
 
 static duet_status emit_symbol(const duet_tokenizer *t, const char *s, size_t len, duet_ids *out)
@@ -126,7 +77,7 @@ duet_status duet_spm_encode_segment(const duet_tokenizer *t, const char *s, size
     /* escaped text: each space is 3 bytes, plus the prefix */
     char *text = malloc(3 * len + 3);
     spm_sym *sym = malloc((len + 1) * sizeof *sym);
-    spm_heap h = {.v = malloc(3 * (len + 1) * sizeof *h.v)};
+    duet_merge_heap h = {.v = malloc(3 * (len + 1) * sizeof *h.v)};
     if (!text || !sym || !h.v) {
         rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "tokenizer: out of memory for %zu bytes", len);
         goto out_free;
@@ -163,9 +114,9 @@ duet_status duet_spm_encode_segment(const duet_tokenizer *t, const char *s, size
         push_pair(t, &h, sym, text, i);
 
     while (h.n > 0) {
-        spm_cand c = heap_pop(&h);
+        duet_merge_cand c = duet_merge_heap_pop(&h);
         spm_sym *l = &sym[c.pos];
-        if (l->len != c.left_len || l->next < 0 || sym[l->next].len != c.right_len)
+        if (l->len != (uint32_t)c.a || l->next < 0 || sym[l->next].len != (uint32_t)c.b)
             continue; /* stale: one side has changed since the push */
         spm_sym *r = &sym[l->next];
         l->len += r->len;
