@@ -38,6 +38,8 @@ typedef struct cpu_device {
     int n_threads;
     int reference; /* 1 = every op through the reference kernels */
     duet_cpu_features features;
+    duet_cpu_isa isa;    /* matmul kernel family, chosen once at creation */
+    duet_mm_act mm_act;  /* activation path of the quantized matmuls */
     pthread_mutex_t exec_lock;
 } cpu_device;
 
@@ -191,8 +193,9 @@ static void exec_cmd(cpu_device *d, duet_stream *s, const cmd *c)
             duet_matmul_ref(cpu_ptr(a->x), cpu_ptr(a->w), a->w_type, cpu_ptr(a->bias),
                             cpu_ptr(a->out), a->n_rows, a->k, a->n);
         else
-            duet_matmul_fast(pool, cpu_ptr(a->x), cpu_ptr(a->w), a->w_type, cpu_ptr(a->bias),
-                             cpu_ptr(a->out), a->n_rows, a->k, a->n);
+            duet_matmul_isa_act(pool, d->isa, d->mm_act, cpu_ptr(a->x), cpu_ptr(a->w),
+                                a->w_type, cpu_ptr(a->bias), cpu_ptr(a->out), a->n_rows, a->k,
+                                a->n);
         break;
     }
     case CMD_ROPE: {
@@ -536,6 +539,9 @@ duet_status duet_cpu_device_create(const duet_device_options *opts, duet_device 
     const char *env = getenv("DUET_CPU_REFERENCE");
     int simd = d->features.avx2 && d->features.fma && d->features.f16c;
     d->reference = opts->force_reference || (env && strcmp(env, "1") == 0) || !simd;
+    /* Decided here, once: the environment is not read on the hot path. */
+    d->isa = duet_cpu_isa_select(&d->features, d->reference);
+    d->mm_act = duet_mm_act_detect();
     if (pthread_mutex_init(&d->exec_lock, NULL)) {
         rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "cpu: cannot create the device lock");
         goto out_free_device;
