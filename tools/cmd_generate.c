@@ -87,9 +87,8 @@ static int parse_args(int argc, char **argv, gen_opts *o)
     optind = 1;
     opterr = 0; /* our own one-line messages */
     while ((c = getopt_long(argc, argv, "m:p:f:n:t:s:o:h", all, NULL)) != -1) {
-        int e = engine_arg_parse(cmd, c, optarg, &o->engine);
-        if (e == 0)
-            e = model_arg_parse(cmd, c, optarg, &o->source, o->model, sizeof o->model);
+        int e = shared_arg_parse(cmd, c, optarg, &o->engine, &o->source, o->model,
+                                 sizeof o->model);
         if (e < 0)
             return -1;
         if (e > 0)

@@ -159,6 +159,13 @@ int model_arg_parse(const char *cmd, int id, const char *v, duet_model_options *
     return 0;
 }
 
+int shared_arg_parse(const char *cmd, int id, const char *v, duet_engine_options *eo,
+                     duet_model_options *mo, char *model_path, size_t cap)
+{
+    int e = engine_arg_parse(cmd, id, v, eo);
+    return e ? e : model_arg_parse(cmd, id, v, mo, model_path, cap);
+}
+
 void engine_args_merge(const struct option *a, struct option *out, int cap)
 {
     const struct option *lists[] = {a, engine_arg_options, model_arg_options};

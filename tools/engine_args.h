@@ -22,6 +22,11 @@ extern const char engine_arg_help[];
  * an error. */
 int engine_arg_parse(const char *cmd, int id, const char *value, duet_engine_options *o);
 
+/* engine_arg_parse, then model_arg_parse: 1 if either took the flag, 0 if
+ * neither, -1 after printing an error. */
+int shared_arg_parse(const char *cmd, int id, const char *value, duet_engine_options *eo,
+                     duet_model_options *mo, char *model_path, size_t cap);
+
 /* Concatenate a with the engine and the model-source options into out. */
 void engine_args_merge(const struct option *a, struct option *out, int cap);
 

@@ -422,18 +422,6 @@ static void load_scales(const duet_mm_job *job, int64_t r0, int R, int64_t nb, f
  * (a full SmolLM2 decode ran ~30% faster on one core with this). */
 #define PREFETCH_TILES 2
 
-/* Inlined on purpose: as a separate function GCC finds it side-effect free
- * (prefetches do not count) and deletes the call. */
-INLINE void prefetch_tile(const duet_mm_job *job, int64_t r, int64_t r1)
-{
-    if (r >= r1)
-        return;
-    const char *p = (const char *)job->w + (size_t)r * job->row_bytes;
-    size_t bytes = (size_t)(r1 - r < TILE_R ? r1 - r : TILE_R) * job->row_bytes;
-    for (size_t off = 0; off < bytes; off += 64)
-        _mm_prefetch(p + off, _MM_HINT_T0);
-}
-
 static void region_int(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                        float *scratch)
 {
@@ -442,7 +430,7 @@ static void region_int(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c
     qlayout ly = {job->wt == DUET_Q4_1 ? 4 : 2, duet_dtype_get(job->wt)->block_bytes};
     for (int64_t r = r0; r < r1; r += TILE_R) {
         int R = r1 - r < TILE_R ? (int)(r1 - r) : TILE_R;
-        prefetch_tile(job, r + PREFETCH_TILES * TILE_R, r1);
+        duet_mm_prefetch_rows(job, r + PREFETCH_TILES * TILE_R, TILE_R, r1);
 #ifndef DUET_MM_VNNI /* the 512-bit tile gathers its own scales */
         load_scales(job, r, R, nb, wd, wm);
 #endif
@@ -649,7 +637,7 @@ static void region_float(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t
     const float *wr[TILE_R];
     for (int64_t r = r0; r < r1; r += TILE_R) {
         int R = r1 - r < TILE_R ? (int)(r1 - r) : TILE_R;
-        prefetch_tile(job, r + PREFETCH_TILES * TILE_R, r1);
+        duet_mm_prefetch_rows(job, r + PREFETCH_TILES * TILE_R, TILE_R, r1);
         for (int i = 0; i < R; i++)
             wr[i] = row_f32(job, r + i, scratch + i * (job->k + 8));
         for (int64_t c = c0; c < c1; c += TILE_C) {

@@ -151,16 +151,6 @@ static void tile_any(int nibble, int R, int C, const duet_mm_job *job, int64_t r
     }
 }
 
-INLINE void prefetch_rows(const duet_mm_job *job, int64_t r, int64_t rows, int64_t r1)
-{
-    if (r >= r1)
-        return;
-    const char *p = (const char *)job->w + (size_t)r * job->row_bytes;
-    size_t bytes = (size_t)(r1 - r < rows ? r1 - r : rows) * job->row_bytes;
-    for (size_t off = 0; off < bytes; off += 64)
-        _mm_prefetch(p + off, _MM_HINT_T0);
-}
-
 void duet_mm_region_f32act_avx2(const duet_mm_job *job, int64_t r0, int64_t r1, int64_t c0,
                                 int64_t c1, float *scratch)
 {
@@ -168,7 +158,7 @@ void duet_mm_region_f32act_avx2(const duet_mm_job *job, int64_t r0, int64_t r1, 
     const int64_t tr = c1 - c0 == 1 ? DECODE_R : TILE_R;
     for (int64_t r = r0; r < r1; r += tr) {
         int R = r1 - r < tr ? (int)(r1 - r) : (int)tr;
-        prefetch_rows(job, r + PREFETCH_TILES * tr, tr, r1);
+        duet_mm_prefetch_rows(job, r + PREFETCH_TILES * tr, tr, r1);
         duet_f32act_load_scales(job, r, R, scratch);
         for (int64_t c = c0; c < c1; c += TILE_C) {
             int C = c1 - c < TILE_C ? (int)(c1 - c) : TILE_C;
