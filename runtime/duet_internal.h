@@ -28,6 +28,7 @@ struct duet_session {
     int max_context;     /* tokens */
     duet_kv_seq seq;     /* the one sequence's blocks */
     int32_t *table;      /* [max_blocks_per_seq] seq's blocks, 0-padded */
+    int32_t *meta;       /* per-call positions, slots, logit rows */
     float *logits;       /* [max_logit_rows][vocab] host copy */
 };
 

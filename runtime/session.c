@@ -50,7 +50,8 @@ duet_status duet_session_create(duet_model *m, const duet_session_options *opts,
     duet_kv_seq_init(&s->seq);
     s->logits = malloc(sizeof(float) * LOGIT_ROWS * (size_t)m->config.vocab);
     s->table = calloc((size_t)max_blocks, sizeof *s->table);
-    if (!s->logits || !s->table) {
+    s->meta = malloc(sizeof *s->meta * (3 * PREFILL_CHUNK + LOGIT_ROWS));
+    if (!s->logits || !s->table || !s->meta) {
         rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "session: out of memory");
         goto out_free;
     }
@@ -79,6 +80,7 @@ void duet_session_free(duet_session *s)
     duet_runner_free(s->runner);
     duet_kv_cache_free(s->kv);
     free(s->table);
+    free(s->meta);
     free(s->logits);
     free(s);
 }
@@ -111,9 +113,7 @@ static duet_status forward_chunk(duet_session *s, const int32_t *ids, int n, int
     duet_status rc = reserve(s, start + n);
     if (rc)
         return rc;
-    int32_t *meta = malloc(sizeof(int32_t) * (size_t)(3 * n + LOGIT_ROWS));
-    if (!meta)
-        return duet_error(DUET_ERR_OUT_OF_MEMORY, "session: out of memory");
+    int32_t *meta = s->meta; /* n <= PREFILL_CHUNK */
     int32_t *pos = meta, *slots = meta + n, *rows = meta + 2 * n;
     int n_rows = 0;
     for (int i = 0; i < n; i++) {
@@ -130,7 +130,6 @@ static duet_status forward_chunk(duet_session *s, const int32_t *ids, int n, int
         .logit_rows = rows, .n_logit_rows = n_rows,
     };
     rc = duet_model_forward(s->runner, &b, s->logits);
-    free(meta);
     return rc;
 }
 
