@@ -223,6 +223,8 @@ duet_status duet_dev_download(duet_device *d, duet_stream *s, duet_addr src, voi
  * fault, then record through the table. */
 #define RECORD(slot)                                                                       \
     do {                                                                                   \
+        if (rc == DUET_OK && !d->ops->slot)                                                \
+            rc = duet_error(DUET_ERR_UNSUPPORTED, "this device has no '%s' op yet", #slot);  \
         if (rc == DUET_OK && fault_now(d, #slot))                                          \
             rc = DUET_ERR_OUT_OF_MEMORY;                                                   \
         return rc ? rc : d->ops->slot(d->ctx, s, a);                                       \
@@ -240,6 +242,10 @@ duet_status duet_dev_embed(duet_device *d, duet_stream *s, const duet_embed_args
         CHECK(check_range(d, "embed", "ids", a->ids, 4ull * a->n_tokens));
         CHECK(check_range(d, "embed", "table", a->table, row * a->vocab));
         CHECK(check_range(d, "embed", "out", a->out, 4ull * a->n_tokens * a->dim));
+        if (a->n_prev < 0)
+            rc = duet_error(DUET_ERR_INVALID_ARG, "embed: n_prev is %d; it must be >= 0",
+                            a->n_prev);
+        CHECK(check_optional(d, "embed", "prev_tokens", a->prev_tokens, 4ull * a->n_prev));
     }
     RECORD(embed);
 }
@@ -388,6 +394,27 @@ duet_status duet_dev_gather_rows(duet_device *d, duet_stream *s,
     RECORD(gather_rows);
 }
 
+duet_status duet_dev_sample(duet_device *d, duet_stream *s, const duet_sample_args *a)
+{
+    duet_status rc = DUET_OK;
+    CHECK(check_positive("sample", "n_rows", a->n_rows));
+    CHECK(check_positive("sample", "vocab", a->vocab));
+    if (a->n_edits < 0)
+        return duet_error(DUET_ERR_INVALID_ARG, "sample: n_edits is %d; it must be >= 0",
+                          a->n_edits);
+    uint64_t plane = 4ull * a->n_rows * a->vocab;
+    CHECK(check_range(d, "sample", "logits", a->logits, plane));
+    CHECK(check_range(d, "sample", "rows", a->rows, sizeof(duet_sample_row) * (uint64_t)a->n_rows));
+    if (a->n_edits > 0)
+        CHECK(check_range(d, "sample", "edits", a->edits,
+                          sizeof(duet_sample_edit) * (uint64_t)a->n_edits));
+    CHECK(check_range(d, "sample", "work", a->work, plane));
+    CHECK(check_range(d, "sample", "results", a->results,
+                      sizeof(duet_sample_result) * (uint64_t)a->n_rows));
+    CHECK(check_optional(d, "sample", "tokens_out", a->tokens_out, 4ull * a->n_rows));
+    RECORD(sample);
+}
+
 /* ---- opening a device ------------------------------------------------------ */
 
 duet_status duet_device_open(const char *spec, const duet_device_options *opts,
@@ -400,14 +427,48 @@ duet_status duet_device_open(const char *spec, const duet_device_options *opts,
     if (!spec || !*spec)
         spec = "auto";
     /* Policy lives here, in one place: auto prefers CUDA, then a non-CPU
-     * Vulkan device, then the CPU. Only the CPU backend is built so far. */
-    if (strcmp(spec, "auto") == 0 || strcmp(spec, "cpu") == 0)
+     * Vulkan device, then the CPU. */
+    if (strcmp(spec, "cpu") == 0)
         return duet_cpu_device_create(opts, out);
-    if (strncmp(spec, "vulkan", 6) == 0 || strncmp(spec, "cuda", 4) == 0)
+    if (strcmp(spec, "auto") == 0) {
+#ifdef DUET_HAVE_VULKAN
+        /* Only a real GPU beats the CPU backend; any failure moves on. */
+        if (duet_vulkan_device_create(-1, opts, 0, out) == DUET_OK)
+            return DUET_OK;
+#endif
+        return duet_cpu_device_create(opts, out);
+    }
+    if (strncmp(spec, "vulkan", 6) == 0 && (spec[6] == 0 || spec[6] == ':')) {
+        int index = -1;
+        if (spec[6] == ':') {
+            char *end;
+            long v = strtol(spec + 7, &end, 10);
+            if (end == spec + 7 || *end || v < 0 || v > 255)
+                return duet_error(DUET_ERR_INVALID_ARG,
+                                  "device '%s': the index after 'vulkan:' must be 0..255", spec);
+            index = (int)v;
+        }
+#ifdef DUET_HAVE_VULKAN
+        return duet_vulkan_device_create(index, opts, 1, out);
+#else
+        (void)index;
         return duet_error(DUET_ERR_UNSUPPORTED,
-                          "device '%s': this build of duet has no %s backend; available: "
-                          "auto, cpu",
-                          spec, strncmp(spec, "cuda", 4) == 0 ? "CUDA" : "Vulkan");
+                          "device '%s': this build of duet has no Vulkan backend (glslc was not "
+                          "found at build time); available: auto, cpu",
+                          spec);
+#endif
+    }
+    if (strncmp(spec, "cuda", 4) == 0)
+        return duet_error(DUET_ERR_UNSUPPORTED,
+                          "device '%s': this build of duet has no CUDA backend; available: "
+                          "auto, cpu%s",
+                          spec,
+#ifdef DUET_HAVE_VULKAN
+                          ", vulkan[:N]"
+#else
+                          ""
+#endif
+        );
     return duet_error(DUET_ERR_INVALID_ARG,
                       "device '%s' is not one of auto, cpu, vulkan[:N], cuda[:N]", spec);
 }

@@ -29,6 +29,11 @@
  *
  * Ops never fail for data reasons; argument errors are caught by the
  * wrappers. A failure of the device itself surfaces at submit or wait.
+ *
+ * Order: the streams of a device run one at a time, in the order they
+ * were submitted (one queue). So the engine can record and submit step
+ * N+1 on a second stream while step N runs, and step N+1 sees all of step
+ * N's writes.
  */
 #ifndef DUET_DEVICE_H
 #define DUET_DEVICE_H
@@ -39,7 +44,7 @@
 #include "duet.h"
 #include "dtype.h"
 
-#define DUET_DEVICE_OPS_VERSION 1
+#define DUET_DEVICE_OPS_VERSION 2
 
 typedef struct duet_buffer duet_buffer; /* backend-defined */
 typedef struct duet_stream duet_stream; /* backend-defined */
@@ -63,8 +68,13 @@ typedef struct duet_embed_args {
     duet_addr ids;   /* int32[n_tokens] */
     duet_addr table; /* [vocab][dim] of table_type */
     duet_addr out;   /* f32[n_tokens][dim] */
+    duet_addr prev_tokens; /* optional int32[n_prev]: an id -1-i < 0 stands
+                              for prev_tokens[i], a token sampled by an
+                              earlier step still on the device (async
+                              scheduling's placeholders) */
     duet_dtype table_type;
     int n_tokens, vocab, dim;
+    int n_prev;
 } duet_embed_args;
 
 typedef struct duet_rms_norm_args {
@@ -140,6 +150,60 @@ typedef struct duet_gather_rows_args {
     int n_in, n_out, dim;
 } duet_gather_rows_args;
 
+/* ---- sampling (docs/SAMPLING.md is the normative specification) ------- */
+
+enum {
+    DUET_SAMPLE_MAX_LOGPROBS = DUET_MAX_LOGPROBS, /* top-N a row can ask for */
+    DUET_SAMPLE_EDIT_MASK = 1,     /* edit flag: the token is banned (-inf) */
+    DUET_SAMPLE_EDIT_PROMPT = 2,   /* edit flag: the token is in the prompt */
+};
+
+/* One row to sample from. Every value that needs a division or a
+ * transcendental is precomputed by the host (duet_sample_row_init), so all
+ * backends perform the same correctly rounded float operations. */
+typedef struct duet_sample_row {
+    int32_t edit_begin, edit_end;  /* this row's entries: edits[begin..end) */
+    float inv_temperature;         /* 1/T; 0 = greedy (T < 1e-5) */
+    float log_min_p;               /* keep d >= log_min_p; -INFINITY = off */
+    int32_t top_k;                 /* keep the k best; 0 = off */
+    uint32_t top_p_q24;            /* round(top_p * 2^24); >= 2^24 = off */
+    float repetition_penalty;      /* 1 = off */
+    float inv_repetition_penalty;  /* 1 / repetition_penalty */
+    float presence_penalty;        /* 0 = off */
+    float frequency_penalty;       /* 0 = off */
+    uint32_t seed_lo, seed_hi;     /* Philox key */
+    uint32_t position;             /* output index: Philox counter word 1 */
+    uint32_t sample_index;         /* parallel sample (n): counter word 2 */
+    int32_t forced_token;          /* >= 0: do not sample; report this token
+                                      (prompt logprobs); -1 = sample */
+    int32_t n_logprobs;            /* top-N raw logprobs to report (0..20);
+                                      -1 = no logprobs at all */
+} duet_sample_row;
+
+/* A per-row change to one token's logit. A token appears at most once per
+ * row. Applied in this order: mask, bias, repetition, frequency, presence. */
+typedef struct duet_sample_edit {
+    int32_t token;
+    int32_t flags;   /* DUET_SAMPLE_EDIT_MASK | DUET_SAMPLE_EDIT_PROMPT */
+    int32_t count;   /* occurrences among the generated tokens */
+    float bias;      /* logit_bias; 0 = none */
+} duet_sample_edit;
+
+/* A row's result is the public duet_logprobs (include/duet.h): token, rank
+ * and raw logprob of the sampled or forced token, and the top-N. */
+typedef duet_logprobs duet_sample_result;
+
+typedef struct duet_sample_args {
+    duet_addr logits;  /* f32[n_rows][vocab] raw logits, not modified */
+    duet_addr rows;    /* duet_sample_row[n_rows] */
+    duet_addr edits;   /* duet_sample_edit[n_edits]; absent when n_edits 0 */
+    duet_addr work;    /* f32[n_rows][vocab] scratch for processed logits */
+    duet_addr results; /* duet_sample_result[n_rows] */
+    duet_addr tokens_out; /* optional int32[n_rows]: the result tokens again,
+                             packed, for a later step's embed prev_tokens */
+    int n_rows, vocab, n_edits;
+} duet_sample_args;
+
 /* ---- the backend table ------------------------------------------------ */
 
 typedef struct duet_device_ops {
@@ -180,6 +244,7 @@ typedef struct duet_device_ops {
     duet_status (*swiglu)(void *ctx, duet_stream *s, const duet_swiglu_args *a);
     duet_status (*add)(void *ctx, duet_stream *s, const duet_add_args *a);
     duet_status (*gather_rows)(void *ctx, duet_stream *s, const duet_gather_rows_args *a);
+    duet_status (*sample)(void *ctx, duet_stream *s, const duet_sample_args *a);
 } duet_device_ops;
 
 /* A device: a backend's table and its context. A backend's constructor
@@ -235,6 +300,11 @@ duet_status duet_dev_attention(duet_device *d, duet_stream *s, const duet_attent
 duet_status duet_dev_swiglu(duet_device *d, duet_stream *s, const duet_swiglu_args *a);
 duet_status duet_dev_add(duet_device *d, duet_stream *s, const duet_add_args *a);
 duet_status duet_dev_gather_rows(duet_device *d, duet_stream *s, const duet_gather_rows_args *a);
+/* Checks shapes and buffer sizes. Row contents live in device memory and
+ * are not checked here; docs/SAMPLING.md defines what every backend does
+ * with out-of-range values (an edit range outside [0, n_edits) is empty, a
+ * token outside the vocabulary is ignored, forced_token >= vocab samples). */
+duet_status duet_dev_sample(duet_device *d, duet_stream *s, const duet_sample_args *a);
 
 /* Make the nth fallible wrapper call on d from now fail with
  * DUET_ERR_OUT_OF_MEMORY (nth = 1: the next call); 0 disables. Only test
@@ -246,5 +316,14 @@ int duet_dev_fault_calls(const duet_device *d);
 
 /* The CPU backend's constructor (backends/cpu). */
 duet_status duet_cpu_device_create(const duet_device_options *opts, duet_device **out);
+
+#ifdef DUET_HAVE_VULKAN
+/* The Vulkan backend's constructor (backends/vulkan): device index (as
+ * `duet devices` lists them), or -1 for the policy's choice (discrete, then
+ * integrated, then CPU-type); allow_cpu_type = 0 refuses CPU-type devices
+ * (lavapipe) so `auto` falls back to the CPU backend. */
+duet_status duet_vulkan_device_create(int index, const duet_device_options *opts,
+                                      int allow_cpu_type, duet_device **out);
+#endif
 
 #endif /* DUET_DEVICE_H */

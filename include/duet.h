@@ -67,6 +67,13 @@ void duet_model_free(duet_model *model);
 const char *duet_model_arch(const duet_model *model);
 int duet_model_context_length(const duet_model *model);
 int duet_model_vocab_size(const duet_model *model);
+/* The GGUF's tokenizer.chat_template (Jinja source) and general.name; NULL
+ * when absent. *len gets the byte count. Not NUL-terminated. */
+const char *duet_model_chat_template(const duet_model *model, size_t *len);
+const char *duet_model_name(const duet_model *model, size_t *len);
+/* Special token ids; -1 when the model has none. */
+int32_t duet_model_bos(const duet_model *model);
+int32_t duet_model_eos(const duet_model *model);
 
 /* Tokenize UTF-8 text (invalid UTF-8 is accepted: bad bytes map through
  * byte fallback or U+FFFD, never a crash). add_special adds BOS when the
@@ -105,6 +112,9 @@ typedef struct duet_generate_params {
     float temperature;  /* 0 = greedy */
     uint64_t seed;      /* used when temperature > 0 */
     int ignore_eos;     /* keep going after an end-of-generation token */
+    float top_p;        /* (0, 1]; 0 = off */
+    int top_k;          /* 0 = off */
+    float min_p;        /* 0 = off */
 } duet_generate_params;
 
 typedef struct duet_generate_stats {
@@ -150,41 +160,109 @@ typedef struct duet_engine_options {
     int long_prefill_token_threshold; /* 0 = no per-request cap */
     int priority_scheduling;     /* 1 = by priority, then arrival */
     int return_logits;           /* outputs carry the sampled row's logits */
+    int disable_async_scheduling;/* 1 = prepare a step only after the last
+                                    one finished (async: step N+1 is
+                                    scheduled and queued while N runs) */
 } duet_engine_options;
 
+enum { DUET_MAX_LOGPROBS = 20 }; /* most top logprobs a request can ask for */
+
+typedef struct duet_logit_bias {
+    int32_t token;
+    float bias;                  /* added to the token's logit, in [-100, 100] */
+} duet_logit_bias;
+
+/* Sampling and request parameters, with vLLM's meanings. Zero means the
+ * default for every field, so designated initializers stay short; fields
+ * whose vLLM default is not zero say what zero stands for.
+ * duet_request_params_validate() names the field and the allowed range of
+ * any bad value; duet_engine_add_request() calls it. */
 typedef struct duet_request_params {
     const char *request_id;      /* NULL = assigned ("req-N"); must be
                                     unique among unfinished requests */
     int max_tokens;              /* > 0 */
-    float temperature;           /* 0 = greedy */
-    uint64_t seed;
-    int has_seed;                /* 0 = the engine picks a seed */
-    int ignore_eos;
-    int priority;                /* lower = sooner, with priority scheduling */
-    const char *cache_salt;      /* isolates prefix-cache entries; NULL = none */
+    int min_tokens;              /* EOS and stop_token_ids are banned until
+                                    this many tokens exist; <= max_tokens */
+    float temperature;           /* 0 = greedy (vLLM: < 1e-5 is greedy) */
+    float top_p;                 /* (0, 1]; 0 = 1 (off) */
+    int top_k;                   /* 0 or -1 = off */
+    float min_p;                 /* [0, 1]; 0 = off */
+    float repetition_penalty;    /* > 0; 0 = 1 (off) */
+    float presence_penalty;      /* [-2, 2] */
+    float frequency_penalty;     /* [-2, 2] */
+    const duet_logit_bias *logit_bias;
+    int n_logit_bias;
+    const char *const *stop;     /* stop strings (excluded from the text
+                                    unless include_stop_str_in_output) */
+    int n_stop;
+    int include_stop_str_in_output;
     const int32_t *stop_token_ids;
     int n_stop_token_ids;
+    int ignore_eos;
+    uint64_t seed;
+    int has_seed;                /* 0 = the engine picks a seed */
+    int n;                       /* parallel samples of the prompt; 0 = 1 */
+    int logprobs;                /* with want_logprobs: top-N alternatives
+                                    (0..20) besides the chosen token */
+    int want_logprobs;
+    int prompt_logprobs;         /* with want_prompt_logprobs: top-N (0..20) */
+    int want_prompt_logprobs;
+    int keep_special_tokens;     /* 1 = special tokens appear in the text
+                                    (vLLM skip_special_tokens=false) */
+    int priority;                /* lower = sooner, with priority scheduling */
+    const char *cache_salt;      /* isolates prefix-cache entries; NULL = none */
 } duet_request_params;
+
+/* Check p against a model of vocabulary size vocab; DUET_ERR_INVALID_ARG
+ * with a message naming the field, the value and the limit. */
+duet_status duet_request_params_validate(const duet_request_params *p, int vocab);
 
 typedef enum duet_finish {
     DUET_FINISHED_NOT = 0,
-    DUET_FINISHED_STOP = 1,   /* end-of-generation or stop token */
+    DUET_FINISHED_STOP = 1,   /* end-of-generation, stop token or stop string */
     DUET_FINISHED_LENGTH = 2, /* max_tokens or max_model_len */
     DUET_FINISHED_ABORT = 3,
 } duet_finish;
 
-/* What a step produced for one request; pointers valid during the call. */
+/* Log-probabilities of one position: the chosen token's and the top-N,
+ * all from the raw logits (before any sampling parameter is applied). */
+typedef struct duet_logprobs {
+    int32_t token;               /* the chosen (or, for a prompt, the actual) token */
+    int32_t rank;                /* 1 + number of tokens scored higher
+                                    (ties counted: #{j : logit_j >= logit_token}) */
+    float logprob;
+    int32_t n_top;
+    int32_t top_ids[DUET_MAX_LOGPROBS];     /* best first; ties: lowest id */
+    float top_logprobs[DUET_MAX_LOGPROBS];
+} duet_logprobs;
+
+/* What a step produced for one sample of a request; pointers valid during
+ * the call. A request with n > 1 produces outputs for index 0..n-1, each
+ * with its own finish; the request is done when all n have finished. */
 typedef struct duet_request_output {
     const char *request_id;
+    int index;                   /* which parallel sample (0..n-1) */
     const int32_t *new_tokens;   /* tokens produced this step (0 or 1) */
     int n_new_tokens;
-    const char *text;            /* newly completed UTF-8 text */
+    const duet_logprobs *logprobs; /* [n_new_tokens] with want_logprobs */
+    const duet_logprobs *prompt_logprobs; /* first output of index 0 only,
+                                    with want_prompt_logprobs: entries for
+                                    prompt positions 1..n_prompt-1 */
+    int n_prompt_logprobs;
+    const char *text;            /* newly released UTF-8 text (text that may
+                                    begin a stop string is held back) */
     size_t text_len;
-    duet_finish finish;          /* != NOT on the request's last output */
+    duet_finish finish;          /* != NOT on this sample's last output */
+    const char *stop_str;        /* the stop string that matched, else NULL */
+    int32_t stop_token;          /* the stop token id that matched (not EOS), else -1 */
     int n_prompt_tokens;
     int n_output_tokens;
     int n_cached_tokens;         /* prompt tokens served by the prefix cache */
     const float *logits;         /* [vocab] with return_logits, else NULL */
+    /* Engine timestamps, CLOCK_MONOTONIC seconds (duet_now()); 0 = not yet. */
+    double arrival_time;         /* duet_engine_add_request accepted it */
+    double first_scheduled_time; /* first step that computed its tokens */
+    double first_token_time;     /* its first generated token */
 } duet_request_output;
 
 typedef void (*duet_output_cb)(void *user, const duet_request_output *out);
@@ -198,8 +276,19 @@ typedef struct duet_engine_stats {
     uint64_t num_preemptions;
     uint64_t prompt_tokens, generation_tokens; /* computed / produced */
     uint64_t steps;
+    uint64_t num_aborted;          /* requests aborted (by id or disconnect) */
+    uint64_t step_tokens;          /* tokens computed by the last step */
     int max_model_len;
 } duet_engine_stats;
+
+/* One unfinished request, for monitoring. */
+typedef struct duet_request_info {
+    const char *request_id;
+    int index;                     /* parallel sample index */
+    int running;                   /* 1 = holds KV blocks, 0 = waiting */
+    int n_prompt_tokens, n_output_tokens, n_computed_tokens;
+    double arrival_time;           /* duet_now() seconds */
+} duet_request_info;
 
 /* Size the KV cache from the options (the log line says how), allocate it
  * and the step buffers. Fails with a message giving the needed and the
@@ -234,6 +323,13 @@ int duet_engine_has_work(duet_engine *e);
 /* Step until no request is left. */
 duet_status duet_engine_run(duet_engine *e);
 void duet_engine_get_stats(duet_engine *e, duet_engine_stats *out);
+/* Call cb for every unfinished request (queued ones included). Call it
+ * from the thread that runs duet_engine_step, between steps. */
+void duet_engine_list_requests(duet_engine *e,
+                               void (*cb)(void *user, const duet_request_info *info),
+                               void *user);
+/* CLOCK_MONOTONIC in seconds: the clock of the engine's timestamps. */
+double duet_now(void);
 
 #ifdef __cplusplus
 }

@@ -110,6 +110,28 @@ void duet_model_free(duet_model *m)
 const char *duet_model_arch(const duet_model *m) { return m->config.arch; }
 int duet_model_context_length(const duet_model *m) { return m->config.context_length; }
 int duet_model_vocab_size(const duet_model *m) { return m->config.vocab; }
+int32_t duet_model_bos(const duet_model *m) { return duet_tokenizer_bos(m->tokenizer); }
+int32_t duet_model_eos(const duet_model *m) { return duet_tokenizer_eos(m->tokenizer); }
+
+static const char *gguf_string(const duet_model *m, const char *key, size_t *len)
+{
+    duet_gguf_str s;
+    *len = 0;
+    if (!duet_gguf_find(m->gguf, key) || duet_gguf_get_str(m->gguf, key, &s) != DUET_OK)
+        return NULL;
+    *len = s.len;
+    return s.ptr;
+}
+
+const char *duet_model_chat_template(const duet_model *m, size_t *len)
+{
+    return gguf_string(m, "tokenizer.chat_template", len);
+}
+
+const char *duet_model_name(const duet_model *m, size_t *len)
+{
+    return gguf_string(m, "general.name", len);
+}
 
 duet_status duet_tokenize(const duet_model *m, const char *text, size_t len, int add_special,
                           int parse_special, int32_t *ids, size_t cap, size_t *n_out)

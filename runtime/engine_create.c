@@ -27,6 +27,13 @@ typedef struct kv_plan {
     int max_model_len;
 } kv_plan;
 
+/* Logit rows per step: one per running request, plus the prompt-logprob
+ * rows the scheduler may add. */
+static int max_logit_rows(int max_num_seqs, int max_batched)
+{
+    return max_num_seqs + (max_batched < ENGINE_PROMPT_ROWS ? max_batched : ENGINE_PROMPT_ROWS);
+}
+
 static duet_status plan_kv(duet_model *m, const duet_engine_options *o, int block_size,
                            int max_num_seqs, int max_batched, kv_plan *p)
 {
@@ -40,10 +47,10 @@ static duet_status plan_kv(duet_model *m, const duet_engine_options *o, int bloc
 
     p->weights = duet_gguf_file_size(m->gguf);
     duet_runner_options ro = {.max_tokens = max_batched, .max_seqs = max_num_seqs,
-                              .max_logit_rows = max_num_seqs, .num_blocks = 2,
-                              .block_size = block_size,
+                              .max_logit_rows = max_logit_rows(max_num_seqs, max_batched),
+                              .num_blocks = 2, .block_size = block_size,
                               .max_blocks_per_seq = (want_len + block_size - 1) / block_size,
-                              .kv_type = DUET_F32};
+                              .kv_type = DUET_F32, .sampling = 1};
     p->activations = duet_runner_scratch_bytes(c, &ro);
     if (o->kv_cache_memory > 0) {
         p->kv_bytes = o->kv_cache_memory;
@@ -86,17 +93,28 @@ static duet_status plan_kv(duet_model *m, const duet_engine_options *o, int bloc
 static duet_status alloc_step_buffers(duet_engine *e)
 {
     size_t t = (size_t)e->max_batched, s = (size_t)e->max_num_seqs;
+    size_t lr = (size_t)e->max_logit_rows;
+    e->sample_rows = malloc(sizeof *e->sample_rows * lr);
+    if (!e->sample_rows)
+        return duet_error(DUET_ERR_OUT_OF_MEMORY, "engine: out of memory for step buffers");
+    for (int i = 0; i < 2; i++) {
+        e->row_info[i] = malloc(sizeof *e->row_info[i] * lr);
+        e->results[i] = malloc(sizeof *e->results[i] * lr);
+        if (e->return_logits)
+            e->logits[i] = malloc(sizeof(float) * lr * (size_t)e->model->config.vocab);
+        if (!e->row_info[i] || !e->results[i] || (e->return_logits && !e->logits[i]))
+            return duet_error(DUET_ERR_OUT_OF_MEMORY, "engine: out of memory for step buffers");
+    }
     e->tok = malloc(sizeof(int32_t) * t);
     e->pos = malloc(sizeof(int32_t) * t);
     e->slots = malloc(sizeof(int32_t) * t);
     e->qsl = malloc(sizeof(int32_t) * (s + 1));
     e->seq_lens = malloc(sizeof(int32_t) * s);
-    e->rows = malloc(sizeof(int32_t) * s);
+    e->rows = malloc(sizeof(int32_t) * lr);
     e->tables = malloc(sizeof(int32_t) * s * (size_t)e->max_blocks_per_seq);
-    e->logits = malloc(sizeof(float) * s * (size_t)e->model->config.vocab);
     e->aborts = malloc(sizeof *e->aborts * ENGINE_MAX_PENDING_ABORTS);
     if (!e->tok || !e->pos || !e->slots || !e->qsl || !e->seq_lens || !e->rows || !e->tables ||
-        !e->logits || !e->aborts)
+        !e->aborts)
         return duet_error(DUET_ERR_OUT_OF_MEMORY, "engine: out of memory for step buffers");
     return DUET_OK;
 }
@@ -143,6 +161,10 @@ duet_status duet_engine_create(duet_model *m, const duet_engine_options *opts, d
     e->max_num_seqs = max_num_seqs;
     e->max_batched = max_batched;
     e->return_logits = o->return_logits;
+    e->max_logit_rows = max_logit_rows(max_num_seqs, max_batched);
+    e->async = !o->disable_async_scheduling;
+    e->next_step_id = 1;
+    e->prefix_caching = !o->disable_prefix_caching;
     e->seed_base = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
 
     duet_kv_cache_options ko = {.num_blocks = plan.num_blocks, .block_size = block_size,
@@ -152,11 +174,13 @@ duet_status duet_engine_create(duet_model *m, const duet_engine_options *opts, d
                                  .enable_chunked_prefill = !o->disable_chunked_prefill,
                                  .long_prefill_token_threshold = o->long_prefill_token_threshold,
                                  .policy = o->priority_scheduling ? DUET_SCHED_PRIORITY
-                                                                  : DUET_SCHED_FCFS};
+                                                                  : DUET_SCHED_FCFS,
+                                 .max_prompt_rows = e->max_logit_rows - max_num_seqs};
     duet_runner_options ro = {.max_tokens = max_batched, .max_seqs = max_num_seqs,
-                              .max_logit_rows = max_num_seqs, .num_blocks = plan.num_blocks,
-                              .block_size = block_size,
-                              .max_blocks_per_seq = e->max_blocks_per_seq, .kv_type = DUET_F32};
+                              .max_logit_rows = e->max_logit_rows,
+                              .num_blocks = plan.num_blocks, .block_size = block_size,
+                              .max_blocks_per_seq = e->max_blocks_per_seq, .kv_type = DUET_F32,
+                              .sampling = 1};
     if ((rc = alloc_step_buffers(e)) || (rc = duet_kv_cache_create(&ko, &e->kv)) ||
         (rc = duet_scheduler_create(&so, e->kv, &e->sched)) ||
         (rc = duet_runner_create(m->dev, &m->config, &m->weights, &ro, &e->runner)))
@@ -188,6 +212,21 @@ void duet_engine_free(duet_engine *e)
     }
     for (int i = 0; i < e->n_inbox; i++)
         engine_req_free(e->inbox[i]);
+    for (int i = 0; i < e->n_deferred; i++)
+        engine_req_free(e->deferred[i]);
+    if (e->has_inflight && e->runner)
+        duet_model_forward_wait(e->runner);
+    for (int i = 0; i < e->n_zombies; i++)
+        engine_req_free(e->zombies[i]);
+    free(e->zombies);
+    free(e->deferred);
+    for (int i = 0; i < 2; i++) {
+        free(e->row_info[i]);
+        free(e->results[i]);
+        free(e->logits[i]);
+    }
+    free(e->sample_rows);
+    free(e->step_edits);
     duet_runner_free(e->runner);
     duet_scheduler_free(e->sched);
     duet_kv_cache_free(e->kv);
@@ -201,7 +240,6 @@ void duet_engine_free(duet_engine *e)
     free(e->seq_lens);
     free(e->rows);
     free(e->tables);
-    free(e->logits);
     pthread_mutex_destroy(&e->inbox_lock);
     free(e);
 }

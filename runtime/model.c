@@ -154,13 +154,22 @@ struct duet_runner {
     const duet_model_config *c;
     const duet_model_weights *w;
     duet_runner_options o;
-    duet_stream *stream;
+    duet_stream *streams[2]; /* alternate, so step N+1 can be recorded and
+                                queued while step N runs */
+    duet_stream *stream;     /* the one being recorded */
+    int next;                /* the stream the next step records into */
+    int inflight[2], n_inflight; /* submitted, not yet waited: oldest first */
+    int prev_rows;           /* tokens the last submitted step sampled */
     duet_buffer *scratch;  /* activations, see the offsets below */
     duet_buffer *kv;       /* [n_layers][2][num_blocks][block_size][Hkv][D] */
     size_t kv_layer_bytes; /* one of K or V of one layer */
     /* Offsets into scratch. */
     size_t x, xn, q, k, v, att, gate, up, last, logits;
     size_t tokens, positions, slots, qsl, seq_lens, tables, rows;
+    size_t sample_rows, sample_work, sample_results; /* with o.sampling */
+    size_t sampled;          /* int32[max_logit_rows]: the last step's tokens */
+    duet_buffer *edits;    /* sample edits; grown on demand */
+    size_t edits_cap;      /* bytes */
 };
 
 uint64_t duet_kv_bytes_per_token(const duet_model_config *c, duet_dtype kv_type)
@@ -204,7 +213,13 @@ static size_t layout_scratch(const duet_model_config *c, const duet_runner_optio
     r->seq_lens = carve(&cur, (size_t)o->max_seqs * i4);
     r->tables = carve(&cur, (size_t)o->max_seqs * o->max_blocks_per_seq * i4);
     r->rows = carve(&cur, (size_t)o->max_logit_rows * i4);
-
+    if (o->sampling) {
+        size_t lr = (size_t)o->max_logit_rows;
+        r->sample_rows = carve(&cur, lr * sizeof(duet_sample_row));
+        r->sample_work = carve(&cur, lr * c->vocab * f4);
+        r->sample_results = carve(&cur, lr * sizeof(duet_sample_result));
+        r->sampled = carve(&cur, lr * i4);
+    }
     return cur;
 }
 
@@ -250,8 +265,9 @@ duet_status duet_runner_create(duet_device *dev, const duet_model_config *c,
                         o->num_blocks, o->block_size, kv_bytes / 1048576.0);
         goto out_free;
     }
-    if ((rc = duet_dev_stream_create(dev, &r->stream)))
-        goto out_free;
+    for (int i = 0; i < 2; i++)
+        if ((rc = duet_dev_stream_create(dev, &r->streams[i])))
+            goto out_free;
     *out = r;
     return DUET_OK;
 
@@ -264,9 +280,11 @@ void duet_runner_free(duet_runner *r)
 {
     if (!r)
         return;
-    duet_dev_stream_destroy(r->dev, r->stream);
+    for (int i = 0; i < 2; i++)
+        duet_dev_stream_destroy(r->dev, r->streams[i]);
     duet_dev_buffer_free(r->dev, r->kv);
     duet_dev_buffer_free(r->dev, r->scratch);
+    duet_dev_buffer_free(r->dev, r->edits);
     free(r);
 }
 
@@ -304,9 +322,13 @@ static duet_status check_batch(const duet_runner *r, const duet_batch *b)
         }
     }
     for (int t = 0; t < b->n_tokens; t++) {
-        if (b->tokens[t] < 0 || b->tokens[t] >= r->c->vocab)
-            return duet_error(DUET_ERR_INVALID_ARG, "token %d at row %d is outside the vocabulary "
-                              "(0..%d)", b->tokens[t], t, r->c->vocab - 1);
+        int32_t id = b->tokens[t];
+        int placeholder = id < 0 && -(int64_t)id - 1 < r->prev_rows;
+        if (!placeholder && (id < 0 || id >= r->c->vocab))
+            return duet_error(DUET_ERR_INVALID_ARG,
+                              "token %d at row %d is outside the vocabulary (0..%d) and is not "
+                              "a placeholder for one of the %d tokens the last step sampled",
+                              id, t, r->c->vocab - 1, r->prev_rows);
         if (b->slot_mapping[t] < -1 || b->slot_mapping[t] >= o->num_blocks * o->block_size)
             return duet_error(DUET_ERR_INVALID_ARG, "slot %d at row %d is outside the KV pool",
                               b->slot_mapping[t], t);
@@ -432,13 +454,64 @@ static duet_status upload_batch(duet_runner *r, const duet_batch *b)
     return rc;
 }
 
-duet_status duet_model_forward(duet_runner *r, const duet_batch *b, float *logits)
+/* Make the edits buffer hold n edits (outside any recording). */
+static duet_status ensure_edits(duet_runner *r, int n)
+{
+    size_t need = (size_t)n * sizeof(duet_sample_edit);
+    if (need <= r->edits_cap)
+        return DUET_OK;
+    size_t cap = r->edits_cap ? r->edits_cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    duet_dev_buffer_free(r->dev, r->edits);
+    r->edits = NULL;
+    r->edits_cap = 0;
+    duet_status rc = duet_dev_buffer_alloc(r->dev, cap, &r->edits);
+    if (rc)
+        return duet_error_wrap(rc, "allocating %zu bytes for %d sampling edits", cap, n);
+    r->edits_cap = cap;
+    return DUET_OK;
+}
+
+/* Record the sample op over the step's logit rows. */
+static duet_status record_sampling(duet_runner *r, const duet_batch *b, int n_rows)
+{
+    duet_device *d = r->dev;
+    duet_status rc = duet_dev_upload(d, r->stream, S(r, r->sample_rows), b->sample_rows,
+                                     (size_t)n_rows * sizeof(duet_sample_row));
+    if (!rc && b->n_sample_edits > 0)
+        rc = duet_dev_upload(d, r->stream, (duet_addr){r->edits, 0}, b->sample_edits,
+                             (size_t)b->n_sample_edits * sizeof(duet_sample_edit));
+    if (!rc) {
+        duet_sample_args a = {.logits = S(r, r->logits), .rows = S(r, r->sample_rows),
+                              .edits = {b->n_sample_edits > 0 ? r->edits : NULL, 0},
+                              .work = S(r, r->sample_work),
+                              .results = S(r, r->sample_results),
+                              .tokens_out = S(r, r->sampled),
+                              .n_rows = n_rows, .vocab = r->c->vocab,
+                              .n_edits = b->n_sample_edits};
+        rc = duet_dev_sample(d, r->stream, &a);
+    }
+    return rc;
+}
+
+duet_status duet_model_forward_submit(duet_runner *r, const duet_batch *b, float *logits,
+                                      duet_sample_result *results)
 {
     const duet_model_config *c = r->c;
     duet_device *d = r->dev;
     duet_status rc = check_batch(r, b);
     if (rc)
         return rc;
+    int n_rows = b->n_logit_rows;
+    int sampling = b->sample_rows && n_rows > 0;
+    if (sampling && !r->o.sampling)
+        return duet_error(DUET_ERR_INVALID_ARG, "this runner was created without sampling");
+    if (sampling && b->n_sample_edits > 0 && (rc = ensure_edits(r, b->n_sample_edits)))
+        return rc;
+    if (r->n_inflight == 2)
+        return duet_error(DUET_ERR_INTERNAL, "runner: two steps already in flight");
+    r->stream = r->streams[r->next];
     if ((rc = duet_dev_stream_begin(d, r->stream)))
         return rc;
 
@@ -450,6 +523,10 @@ duet_status duet_model_forward(duet_runner *r, const duet_batch *b, float *logit
         duet_embed_args a = {.ids = S(r, r->tokens), .table = r->w->tok_embd.addr,
                              .out = S(r, r->x), .table_type = r->w->tok_embd.type,
                              .n_tokens = b->n_tokens, .vocab = c->vocab, .dim = c->dim};
+        if (r->o.sampling) { /* placeholders name the last step's samples */
+            a.prev_tokens = S(r, r->sampled);
+            a.n_prev = r->o.max_logit_rows;
+        }
         rc = duet_dev_embed(d, r->stream, &a);
     }
     for (int l = 0; l < c->n_layers && !rc; l++)
@@ -457,17 +534,46 @@ duet_status duet_model_forward(duet_runner *r, const duet_batch *b, float *logit
 
     /* Only the rows that will be sampled reach the final norm and the LM
      * head, which is the largest matmul of a small model. */
-    int n_rows = b->n_logit_rows;
     if (!rc && n_rows > 0) {
         duet_gather_rows_args a = {.x = S(r, r->x), .rows = S(r, r->rows), .out = S(r, r->last),
                                    .n_in = b->n_tokens, .n_out = n_rows, .dim = c->dim};
         rc = duet_dev_gather_rows(d, r->stream, &a);
         if (!rc) rc = rms_norm(r, r->last, &r->w->out_norm, r->last, n_rows);
         if (!rc) rc = matmul(r, r->last, &r->w->lm_head, NULL, r->logits, n_rows);
-        if (!rc) rc = duet_dev_download(d, r->stream, S(r, r->logits), logits,
-                                        (size_t)n_rows * c->vocab * sizeof(float));
+        if (!rc && logits)
+            rc = duet_dev_download(d, r->stream, S(r, r->logits), logits,
+                                   (size_t)n_rows * c->vocab * sizeof(float));
+        if (!rc && sampling) {
+            rc = record_sampling(r, b, n_rows);
+            if (!rc)
+                rc = duet_dev_download(d, r->stream, S(r, r->sample_results), results,
+                                       (size_t)n_rows * sizeof(duet_sample_result));
+        }
     }
     if (!rc) rc = duet_dev_stream_submit(d, r->stream);
-    if (!rc) rc = duet_dev_stream_wait(d, r->stream);
+    if (!rc) {
+        r->inflight[r->n_inflight++] = r->next;
+        r->next ^= 1;
+        r->prev_rows = sampling ? n_rows : 0;
+    }
+    return rc;
+}
+
+duet_status duet_model_forward_wait(duet_runner *r)
+{
+    if (r->n_inflight == 0)
+        return duet_error(DUET_ERR_INTERNAL, "runner: no step in flight to wait for");
+    duet_stream *s = r->streams[r->inflight[0]];
+    r->inflight[0] = r->inflight[1];
+    r->n_inflight--;
+    return duet_dev_stream_wait(r->dev, s);
+}
+
+duet_status duet_model_forward(duet_runner *r, const duet_batch *b, float *logits,
+                               duet_sample_result *results)
+{
+    duet_status rc = duet_model_forward_submit(r, b, logits, results);
+    if (!rc)
+        rc = duet_model_forward_wait(r);
     return rc;
 }

@@ -98,6 +98,7 @@ typedef struct duet_runner_options {
     int block_size;       /* tokens per block, default 16 */
     int max_blocks_per_seq;
     duet_dtype kv_type;   /* F32 or F16 */
+    int sampling;         /* 1 = room for the sample op on every logit row */
 } duet_runner_options;
 
 /* A batch in the flattened layout; the arrays are host memory. */
@@ -111,6 +112,11 @@ typedef struct duet_batch {
     const int32_t *block_tables;    /* [n_seqs][max_blocks_per_seq] */
     const int32_t *logit_rows;      /* [n_logit_rows] token rows to project */
     int n_logit_rows;
+    /* Optional (runner with sampling): sample every logit row on the
+     * device; NULL = no sampling. */
+    const duet_sample_row *sample_rows;   /* [n_logit_rows] */
+    const duet_sample_edit *sample_edits; /* [n_sample_edits] */
+    int n_sample_edits;
 } duet_batch;
 
 /* Allocate scratch, the KV cache and a stream on the model's device.
@@ -128,8 +134,20 @@ size_t duet_runner_scratch_bytes(const duet_model_config *c, const duet_runner_o
 /* Bytes of KV cache per token of context (all layers, K and V). */
 uint64_t duet_kv_bytes_per_token(const duet_model_config *c, duet_dtype kv_type);
 
-/* Run the model on b and write logits[n_logit_rows][vocab]. The batch
- * must fit the runner's options (checked, with a message). */
-duet_status duet_model_forward(duet_runner *r, const duet_batch *b, float *logits /* OUT */);
+/* Run the model on b and write logits[n_logit_rows][vocab] (logits may be
+ * NULL when only samples are wanted) and, with b->sample_rows, the sample
+ * op's results[n_logit_rows]. The batch must fit the runner's options
+ * (checked, with a message). */
+duet_status duet_model_forward(duet_runner *r, const duet_batch *b, float *logits /* OUT */,
+                               duet_sample_result *results /* OUT */);
+/* The same in two halves: record and submit (b's arrays may be reused at
+ * once), then wait. Up to two steps may be in flight; wait finishes the
+ * oldest, whose outputs are then written. The host prepares the next batch
+ * in between. With sampling, a token id -1-i in b->tokens stands for the
+ * token sampled at logit row i of the previous step (a placeholder for a
+ * token the host does not know yet: async scheduling). */
+duet_status duet_model_forward_submit(duet_runner *r, const duet_batch *b, float *logits,
+                                      duet_sample_result *results);
+duet_status duet_model_forward_wait(duet_runner *r);
 
 #endif

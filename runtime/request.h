@@ -33,6 +33,10 @@ typedef struct duet_request {
     int n_cached_prompt;   /* prompt tokens served by the prefix cache at
                               the last admission (for usage reporting) */
     int n_preemptions;
+    int prompt_rows;       /* 1 = every computed prompt token needs a logit
+                              row (prompt logprobs): prefix-cache reads are
+                              skipped and prefill chunks are capped by the
+                              scheduler's max_prompt_rows */
     duet_kv_seq kv;
     duet_request_state state;
     duet_finish_reason finish;

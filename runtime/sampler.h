@@ -1,7 +1,8 @@
 /*
- * sampler.h — choosing the next token from logits (first version: greedy
- * and temperature; the full vLLM parameter set comes with the sampler
- * issue).
+ * sampler.h — the host side of sampling: Philox4x32-10, greedy argmax, and
+ * duet_sample_row_init, which turns a request's parameters into the sample
+ * op's row (backends/device.h; docs/SAMPLING.md is the specification the
+ * device kernels follow).
  *
  * Random numbers come from Philox4x32-10, a counter-based generator keyed
  * by the request's seed and indexed by (output position, vocabulary
@@ -14,13 +15,35 @@
 
 #include <stdint.h>
 
+#include "device.h"
+#include "duet.h"
+
 /* Philox4x32-10: encrypt counter ctr with key; out gets 4 words. */
 void duet_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
 /* Index of the largest logit; the lowest index wins ties. NaN never wins. */
 int32_t duet_sample_argmax(const float *logits, int n);
 
-/* Sample from softmax(logits / temperature) by the exponential race:
+/* Fill row from p for a vocabulary of vocab tokens. Every division and
+ * transcendental the kernels need is done here, once:
+ *   inv_temperature = 1/T, 0 (greedy) when T < 1e-5;
+ *   log_min_p = logf(min_p), -INFINITY when min_p <= 0;
+ *   top_k = p->top_k, 0 (off) when <= 0 or >= vocab;
+ *   top_p_q24 = round(top_p * 2^24) clamped to [1, 2^24] (2^24 = off;
+ *   top_p 0 means 1);
+ *   repetition_penalty 0 means 1, inv_repetition_penalty = 1/that.
+ * seed gives the Philox key (low word first); position is the output index
+ * (counter word 1), sample_index the parallel sample (counter word 2).
+ * forced_token >= 0 reports that token instead of sampling (prompt
+ * logprobs); -1 samples. n_logprobs: top-N to report (clamped to 20), -1
+ * for no logprobs. The row has no edits (edit_begin = edit_end = 0); the
+ * caller sets its range. Cannot fail. */
+void duet_sample_row_init(duet_sample_row *row, const duet_request_params *p, int vocab,
+                          uint64_t seed, uint32_t position, uint32_t sample_index,
+                          int32_t forced_token, int n_logprobs);
+
+/* Superseded by the sample op (duet_dev_sample); kept until its last
+ * caller moves. Sample from softmax(logits / temperature) by the exponential race:
  * argmax_i p_i / q_i with q_i ~ Exp(1) drawn from Philox(seed, position, i).
  * temperature < 1e-5 is greedy. */
 int32_t duet_sample_temperature(const float *logits, int n, float temperature, uint64_t seed,

@@ -293,6 +293,21 @@ static int cap_tokens(const duet_scheduler *s, int n, int budget)
     return n < budget ? n : budget;
 }
 
+/* A prompt_rows request in its prompt needs a logit row per token: cap its
+ * chunk by what is left of the step's row budget. */
+static int cap_prompt_rows(const duet_request *r, int n, int rows_left)
+{
+    if (!r->prompt_rows || r->n_computed >= r->n_prompt)
+        return n;
+    return n < rows_left ? n : rows_left;
+}
+
+static void take_prompt_rows(const duet_request *r, int n, int *rows_left)
+{
+    if (r->prompt_rows && r->n_computed < r->n_prompt)
+        *rows_left -= n;
+}
+
 static void add_entry(duet_sched_output *out, duet_request *r, int n)
 {
     duet_sched_entry *e = &out->entries[out->n_entries++];
@@ -305,14 +320,15 @@ static void add_entry(duet_sched_output *out, duet_request *r, int n)
 
 /* (1) Running requests first, each growing by its next chunk; preempt
  * from the back until the KV pool can hold it. */
-static duet_status schedule_running(duet_scheduler *s, duet_sched_output *out, int *budget)
+static duet_status schedule_running(duet_scheduler *s, duet_sched_output *out, int *budget,
+                                    int *rows_left)
 {
     duet_status rc = DUET_OK;
     for (int i = 0; i < s->n_running && *budget > 0; i++) {
         duet_request *r = s->running[i];
-        int n = cap_tokens(s, duet_request_pending(r), *budget);
+        int n = cap_prompt_rows(r, cap_tokens(s, duet_request_pending(r), *budget), *rows_left);
         if (n <= 0)
-            continue; /* the engine has not appended the sampled token */
+            continue; /* no sampled token appended yet, or no rows left */
         int want = r->n_computed + n;
         while (!duet_kv_cache_can_allocate(s->kv, &r->kv, want)) {
             int v = pick_victim(s, i);
@@ -329,6 +345,7 @@ static duet_status schedule_running(duet_scheduler *s, duet_sched_output *out, i
         if (rc != DUET_OK)
             return rc;
         duet_kv_cache_allocate(s->kv, &r->kv, want, 0);
+        take_prompt_rows(r, n, rows_left);
         add_entry(out, r, n);
         *budget -= n;
     }
@@ -337,14 +354,19 @@ static duet_status schedule_running(duet_scheduler *s, duet_sched_output *out, i
 
 /* (2) Admit waiting requests in queue order. The head blocks the rest when
  * it does not fit, so a large request is not starved by smaller ones. */
-static duet_status admit_waiting(duet_scheduler *s, duet_sched_output *out, int *budget)
+static duet_status admit_waiting(duet_scheduler *s, duet_sched_output *out, int *budget,
+                                 int *rows_left)
 {
     while (s->n_waiting > 0 && s->n_running < s->opt.max_num_seqs && *budget > 0) {
         duet_request *r = s->waiting[0].req;
         assert(r->kv.n_blocks == 0 && r->n_computed == 0);
         /* Every attempt looks up afresh: a hit found earlier may have been
          * evicted since. Lookup also reserves the block table. */
-        int cached = duet_kv_cache_lookup(s->kv, &r->kv, r->tokens, r->n_tokens);
+        int cached = 0;
+        if (r->prompt_rows) /* every prompt token's logits are wanted */
+            cached = duet_kv_cache_reserve(s->kv, &r->kv, r->n_tokens) ? -1 : 0;
+        else
+            cached = duet_kv_cache_lookup(s->kv, &r->kv, r->tokens, r->n_tokens);
         if (cached < 0)
             return duet_error(DUET_ERR_OUT_OF_MEMORY,
                               "scheduler: out of memory looking up a %d-token prompt",
@@ -358,16 +380,18 @@ static duet_status admit_waiting(duet_scheduler *s, duet_sched_output *out, int 
                 break; /* whole prompts only: wait for a step with room */
             n = pending;
         }
-        if (!duet_kv_cache_can_allocate(s->kv, &r->kv, cached + n))
+        n = cap_prompt_rows(r, n, *rows_left);
+        if (n <= 0 || !duet_kv_cache_can_allocate(s->kv, &r->kv, cached + n))
             break;
         /* Queries count the tokens looked up (the prompt on the first
          * admission, the whole context after a preemption). */
-        duet_kv_cache_allocate(s->kv, &r->kv, cached + n, r->n_tokens);
+        duet_kv_cache_allocate(s->kv, &r->kv, cached + n, r->prompt_rows ? 0 : r->n_tokens);
         r->n_computed = cached;
         r->n_cached_prompt = cached < r->n_prompt ? cached : r->n_prompt;
         r->state = DUET_REQ_RUNNING;
         waiting_remove_at(s, 0);
         s->running[s->n_running++] = r;
+        take_prompt_rows(r, n, rows_left);
         add_entry(out, r, n);
         *budget -= n;
     }
@@ -376,19 +400,19 @@ static duet_status admit_waiting(duet_scheduler *s, duet_sched_output *out, int 
 
 duet_status duet_scheduler_schedule(duet_scheduler *s, duet_sched_output *out)
 {
-    int budget = s->opt.max_num_batched_tokens;
+    int budget = s->opt.max_num_batched_tokens, rows_left = s->opt.max_prompt_rows;
     out->entries = s->entries;
     out->n_entries = 0;
     out->n_tokens = 0;
     out->n_preempted = 0;
 
-    duet_status rc = schedule_running(s, out, &budget);
+    duet_status rc = schedule_running(s, out, &budget, &rows_left);
     if (rc != DUET_OK)
         return rc;
     /* After a preemption the pool is short: admitting now would only
      * preempt again next step. */
     if (out->n_preempted == 0)
-        rc = admit_waiting(s, out, &budget);
+        rc = admit_waiting(s, out, &budget, &rows_left);
     return rc;
 }
 

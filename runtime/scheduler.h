@@ -40,6 +40,9 @@ typedef struct duet_scheduler_options {
                                          step; 0 = no cap. Applies only
                                          with chunked prefill */
     duet_sched_policy policy;
+    int max_prompt_rows;              /* per step, prompt tokens of
+                                         prompt_rows requests (their logit
+                                         rows); 0 = no such requests run */
 } duet_scheduler_options;
 
 /* One request's part of a step. */

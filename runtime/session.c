@@ -46,6 +46,7 @@ duet_status duet_session_create(duet_model *m, const duet_session_options *opts,
         .block_size = BLOCK_SIZE,
         .max_blocks_per_seq = max_blocks,
         .kv_type = DUET_F32,
+        .sampling = 1,
     };
     duet_kv_seq_init(&s->seq);
     s->logits = malloc(sizeof(float) * LOGIT_ROWS * (size_t)m->config.vocab);
@@ -106,9 +107,12 @@ static void reset(duet_session *s)
 }
 
 /* Run ids[0..n) at positions start.., writing the logits of the rows in
- * [first_logit_row, n) (at most LOGIT_ROWS of them) to s->logits. */
+ * [first_logit_row, n) (at most LOGIT_ROWS of them) to s->logits; or, with
+ * sample (then exactly one row), sampling that row on the device into
+ * *result instead. */
 static duet_status forward_chunk(duet_session *s, const int32_t *ids, int n, int start,
-                                 int first_logit_row)
+                                 int first_logit_row, const duet_sample_row *sample,
+                                 duet_sample_result *result)
 {
     duet_status rc = reserve(s, start + n);
     if (rc)
@@ -127,9 +131,9 @@ static duet_status forward_chunk(duet_session *s, const int32_t *ids, int n, int
     duet_batch b = {
         .n_tokens = n, .n_seqs = 1, .tokens = ids, .positions = pos, .slot_mapping = slots,
         .query_start_loc = qsl, .seq_lens = &seq_len, .block_tables = s->table,
-        .logit_rows = rows, .n_logit_rows = n_rows,
+        .logit_rows = rows, .n_logit_rows = n_rows, .sample_rows = sample,
     };
-    rc = duet_model_forward(s->runner, &b, s->logits);
+    rc = duet_model_forward(s->runner, &b, sample ? NULL : s->logits, result);
     return rc;
 }
 
@@ -144,7 +148,7 @@ duet_status duet_eval_logits(duet_session *s, const int32_t *ids, size_t n, floa
     duet_status rc = DUET_OK;
     for (size_t at = 0; at < n && !rc; at += LOGIT_ROWS) {
         int len = (int)(n - at < LOGIT_ROWS ? n - at : LOGIT_ROWS);
-        rc = forward_chunk(s, ids + at, len, (int)at, 0);
+        rc = forward_chunk(s, ids + at, len, (int)at, 0, NULL, NULL);
         if (!rc)
             memcpy(logits + at * vocab, s->logits, sizeof(float) * vocab * (size_t)len);
     }
@@ -184,8 +188,6 @@ duet_status duet_generate(duet_session *s, const int32_t *prompt, size_t n_promp
     if (p->max_tokens <= 0)
         return duet_error(DUET_ERR_INVALID_ARG, "max_tokens is %d; it must be >= 1",
                           p->max_tokens);
-    if (!(p->temperature >= 0.0f))
-        return duet_error(DUET_ERR_INVALID_ARG, "temperature %g must be >= 0", p->temperature);
     if (n_prompt + (size_t)p->max_tokens > (size_t)s->max_context)
         return duet_error(DUET_ERR_INVALID_ARG,
                           "prompt has %zu tokens and max_tokens is %d: %zu > this session's "
@@ -197,12 +199,22 @@ duet_status duet_generate(duet_session *s, const int32_t *prompt, size_t n_promp
                               i, prompt[i], c->vocab - 1);
     reset(s);
 
-    /* Prefill in chunks; only the last prompt token's logits are needed. */
+    /* Sampling runs on the device, as in the engine (docs/SAMPLING.md). */
+    duet_request_params rp = {.max_tokens = p->max_tokens, .temperature = p->temperature,
+                              .top_p = p->top_p, .top_k = p->top_k, .min_p = p->min_p};
+    if ((rc = duet_request_params_validate(&rp, c->vocab)))
+        return rc;
+    duet_sample_row row;
+    duet_sample_result res;
+    duet_sample_row_init(&row, &rp, c->vocab, p->seed, 0, 0, -1, -1);
+
+    /* Prefill in chunks; only the last prompt token is sampled. */
     double t0 = now_seconds();
     for (size_t at = 0; at < n_prompt && !rc; at += PREFILL_CHUNK) {
         int len = (int)(n_prompt - at < PREFILL_CHUNK ? n_prompt - at : PREFILL_CHUNK);
         int last_chunk = at + len == n_prompt;
-        rc = forward_chunk(s, prompt + at, len, (int)at, last_chunk ? len - 1 : len);
+        rc = forward_chunk(s, prompt + at, len, (int)at, last_chunk ? len - 1 : len,
+                           last_chunk ? &row : NULL, &res);
     }
     st.n_prompt = (int)n_prompt;
     st.prompt_seconds = now_seconds() - t0;
@@ -211,8 +223,7 @@ duet_status duet_generate(duet_session *s, const int32_t *prompt, size_t n_promp
     double t1 = now_seconds();
     int pos = (int)n_prompt;
     while (!rc) {
-        int32_t tok = duet_sample_temperature(s->logits, c->vocab, p->temperature, p->seed,
-                                              (uint32_t)st.n_generated);
+        int32_t tok = res.token;
         st.n_generated++;
         if (!p->ignore_eos && duet_tokenizer_is_eog(s->model->tokenizer, tok)) {
             st.stopped_by_eos = 1;
@@ -220,7 +231,8 @@ duet_status duet_generate(duet_session *s, const int32_t *prompt, size_t n_promp
         }
         if (emit(s, &u, tok, cb, user) || st.n_generated >= p->max_tokens)
             break;
-        rc = forward_chunk(s, &tok, 1, pos++, 0);
+        row.position = (uint32_t)st.n_generated;
+        rc = forward_chunk(s, &tok, 1, pos++, 0, &row, &res);
     }
     st.decode_seconds = now_seconds() - t1;
     char tail[4];

@@ -10,6 +10,14 @@ packages=(
   libjansson-dev                      # JSON (fixtures, later the server)
   libxxhash-dev                       # prefix-cache hashes
   libcmocka-dev                       # tests
+  libmicrohttpd-dev                   # duet serve (HTTP)
+  libcurl4-openssl-dev                # duet bench serve (HTTP client)
+  prometheus                          # promtool: the /metrics format check in tests
+  chromium                            # headless dashboard test
+  libvulkan-dev libvulkan1            # Vulkan headers + loader (dlopen'ed)
+  glslc spirv-tools                   # shaders -> SPIR-V at build time, spirv-val
+  mesa-vulkan-drivers                 # lavapipe: Vulkan on the CPU for tests
+  vulkan-validationlayers             # VK_LAYER_KHRONOS_validation in tests
   python3 python3-venv python3-pip    # fetching the model from PyPI
   ca-certificates
 )

@@ -28,6 +28,9 @@ static const char *help =
     "  -n, --max-tokens N     tokens to generate, >= 1 (default 128)\n"
     "  -t, --temperature T    0 = greedy (default 0)\n"
     "  -s, --seed N           seed for temperature > 0 (default 0)\n"
+    "      --top-p P          nucleus sampling, (0, 1] (default 1 = off)\n"
+    "      --top-k K          keep the K most likely tokens (default 0 = off)\n"
+    "      --min-p P          drop tokens below P x the best's probability (default 0)\n"
     "      --chat             wrap the prompt in the model's chat format (ChatML)\n"
     "      --system TEXT      system message for --chat\n"
     "      --ignore-eos       keep generating after an end-of-turn token\n"
@@ -39,8 +42,10 @@ static const char *help =
     "\n"
     "batch mode (the continuous-batching engine):\n"
     "      --prompts-file FILE  one prompt per line, or JSONL objects with \"prompt\" and\n"
-    "                           optional \"id\", \"max_tokens\", \"temperature\", \"seed\",\n"
-    "                           \"ignore_eos\", \"priority\", \"cache_salt\"; writes one JSON\n"
+    "                           optional \"id\", \"max_tokens\", \"temperature\", \"top_p\",\n"
+    "                           \"top_k\", \"min_p\", \"repetition_penalty\",\n"
+    "                           \"presence_penalty\", \"frequency_penalty\", \"min_tokens\",\n"
+    "                           \"seed\", \"ignore_eos\", \"priority\", \"cache_salt\"; one JSON\n"
     "                           result per prompt, in input order\n"
     "  -o, --output FILE        write the JSONL results to FILE (default stdout)\n"
     "\n";
@@ -52,7 +57,8 @@ typedef struct gen_opts {
     duet_engine_options engine;
     duet_model_options source; /* --load-format etc. */
     long max_tokens, threads, ctx;
-    double temperature;
+    double temperature, top_p, min_p;
+    long top_k;
     uint64_t seed;
     int chat, ignore_eos, stats;
 } gen_opts;
@@ -60,7 +66,7 @@ typedef struct gen_opts {
 static int parse_args(int argc, char **argv, gen_opts *o)
 {
     enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_DEVICE, OPT_THREADS, OPT_CTX,
-           OPT_NO_STATS, OPT_PROMPTS_FILE };
+           OPT_NO_STATS, OPT_PROMPTS_FILE, OPT_TOP_P, OPT_TOP_K, OPT_MIN_P };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},       {"prompt", required_argument, 0, 'p'},
         {"prompt-file", required_argument, 0, 'f'}, {"max-tokens", required_argument, 0, 'n'},
@@ -73,6 +79,9 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"no-stats", no_argument, 0, OPT_NO_STATS}, {"help", no_argument, 0, 'h'},
         {"prompts-file", required_argument, 0, OPT_PROMPTS_FILE},
         {"output", required_argument, 0, 'o'},
+        {"top-p", required_argument, 0, OPT_TOP_P},
+        {"top-k", required_argument, 0, OPT_TOP_K},
+        {"min-p", required_argument, 0, OPT_MIN_P},
         {0, 0, 0, 0},
     };
     struct option all[64];
@@ -107,6 +116,18 @@ static int parse_args(int argc, char **argv, gen_opts *o)
             break;
         case 's':
             if (cli_parse_u64(cmd, "--seed", optarg, &o->seed))
+                return -1;
+            break;
+        case OPT_TOP_P:
+            if (cli_parse_float(cmd, "--top-p", optarg, 1e-9, 1.0, &o->top_p))
+                return -1;
+            break;
+        case OPT_TOP_K:
+            if (cli_parse_int(cmd, "--top-k", optarg, 0, 1 << 24, &o->top_k))
+                return -1;
+            break;
+        case OPT_MIN_P:
+            if (cli_parse_float(cmd, "--min-p", optarg, 0.0, 1.0, &o->min_p))
                 return -1;
             break;
         case OPT_CHAT: o->chat = 1; break;
@@ -241,6 +262,7 @@ int cmd_generate(int argc, char **argv)
     if (o.prompts_file) {
         batch_opts bo = {.prompts_file = o.prompts_file, .output = o.output,
                          .max_tokens = (int)o.max_tokens, .temperature = (float)o.temperature,
+                         .top_p = (float)o.top_p, .top_k = (int)o.top_k, .min_p = (float)o.min_p,
                          .seed = o.seed, .ignore_eos = o.ignore_eos, .parse_special = o.chat,
                          .stats = o.stats};
         ret = generate_batch(model, &bo, &o.engine);
@@ -262,7 +284,10 @@ int cmd_generate(int argc, char **argv)
     duet_generate_params gp = {.max_tokens = (int)o.max_tokens,
                                .temperature = (float)o.temperature,
                                .seed = o.seed,
-                               .ignore_eos = o.ignore_eos};
+                               .ignore_eos = o.ignore_eos,
+                               .top_p = (float)o.top_p,
+                               .top_k = (int)o.top_k,
+                               .min_p = (float)o.min_p};
     duet_generate_stats st;
     int printed = 0;
     if (duet_generate(session, ids, n_ids, &gp, print_text, &printed, &st)) {

@@ -14,6 +14,7 @@ enum {
     ARG_UTILIZATION,
     ARG_DEVICE_MEMORY,
     ARG_NO_PREFIX,
+    ARG_NO_ASYNC,
     ARG_NO_CHUNKED,
     ARG_LONG_PREFILL,
     ARG_PRIORITY,
@@ -32,6 +33,7 @@ const struct option engine_arg_options[] = {
     {"gpu-memory-utilization", required_argument, 0, ARG_UTILIZATION},
     {"device-memory", required_argument, 0, ARG_DEVICE_MEMORY},
     {"no-prefix-caching", no_argument, 0, ARG_NO_PREFIX},
+    {"no-async-scheduling", no_argument, 0, ARG_NO_ASYNC},
     {"no-chunked-prefill", no_argument, 0, ARG_NO_CHUNKED},
     {"long-prefill-token-threshold", required_argument, 0, ARG_LONG_PREFILL},
     {"priority-scheduling", no_argument, 0, ARG_PRIORITY},
@@ -50,6 +52,8 @@ const char engine_arg_help[] =
     "                                  on the CPU, of --device-memory)\n"
     "      --device-memory BYTES       CPU memory budget (default 4G or RAM if less)\n"
     "      --no-prefix-caching         do not reuse KV blocks of shared prefixes\n"
+    "      --no-async-scheduling       prepare each step only after the last one finished\n"
+    "                                  (default: step N+1 is scheduled and queued while N runs)\n"
     "      --no-chunked-prefill        admit prompts only whole\n"
     "      --long-prefill-token-threshold N  cap a request's tokens per step\n"
     "      --priority-scheduling       serve by priority, then arrival\n";
@@ -110,6 +114,7 @@ int engine_arg_parse(const char *cmd, int id, const char *v, duet_engine_options
     case ARG_DEVICE_MEMORY:
         return parse_bytes(cmd, "--device-memory", v, &o->device_memory) ? -1 : 1;
     case ARG_NO_PREFIX: o->disable_prefix_caching = 1; return 1;
+    case ARG_NO_ASYNC: o->disable_async_scheduling = 1; return 1;
     case ARG_NO_CHUNKED: o->disable_chunked_prefill = 1; return 1;
     case ARG_LONG_PREFILL:
         if (cli_parse_int(cmd, "--long-prefill-token-threshold", v, 0, 1 << 20, &n)) return -1;

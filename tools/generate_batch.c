@@ -3,8 +3,9 @@
  * the batched engine at once, results as JSONL in input order.
  *
  * Input: one prompt per line, or JSONL objects {"prompt": "...",
- * optional "id", "max_tokens", "temperature", "seed", "ignore_eos",
- * "priority", "cache_salt"} (chosen per line: a line starting with '{' is
+ * optional "id", "max_tokens", "temperature", "top_p", "top_k", "min_p",
+ * "repetition_penalty", "presence_penalty", "frequency_penalty",
+ * "min_tokens", "seed", "ignore_eos", "priority", "cache_salt"} (chosen per line: a line starting with '{' is
  * JSON). Output, one object per prompt: {"id", "prompt", "text",
  * "token_ids", "finish_reason", "prompt_tokens", "completion_tokens",
  * "cached_tokens"}.
@@ -74,6 +75,8 @@ static int parse_line(const char *path, int lineno, char *line, const batch_opts
 {
     it->params = (duet_request_params){.max_tokens = bo->max_tokens,
                                        .temperature = bo->temperature,
+                                       .top_p = bo->top_p, .top_k = bo->top_k,
+                                       .min_p = bo->min_p,
                                        .seed = bo->seed, .has_seed = 1,
                                        .ignore_eos = bo->ignore_eos};
     snprintf(it->id, sizeof it->id, "%d", lineno);
@@ -119,6 +122,16 @@ static int parse_line(const char *path, int lineno, char *line, const batch_opts
     FIELD("temperature", json_is_number(v), it->params.temperature = (float)json_number_value(v));
     FIELD("seed", json_is_integer(v) && json_integer_value(v) >= 0,
           it->params.seed = (uint64_t)json_integer_value(v));
+    FIELD("top_p", json_is_number(v), it->params.top_p = (float)json_number_value(v));
+    FIELD("top_k", json_is_integer(v), it->params.top_k = (int)json_integer_value(v));
+    FIELD("min_p", json_is_number(v), it->params.min_p = (float)json_number_value(v));
+    FIELD("repetition_penalty", json_is_number(v),
+          it->params.repetition_penalty = (float)json_number_value(v));
+    FIELD("presence_penalty", json_is_number(v),
+          it->params.presence_penalty = (float)json_number_value(v));
+    FIELD("frequency_penalty", json_is_number(v),
+          it->params.frequency_penalty = (float)json_number_value(v));
+    FIELD("min_tokens", json_is_integer(v), it->params.min_tokens = (int)json_integer_value(v));
     FIELD("ignore_eos", json_is_boolean(v), it->params.ignore_eos = json_is_true(v));
     FIELD("priority", json_is_integer(v), it->params.priority = (int)json_integer_value(v));
     FIELD("cache_salt", json_is_string(v),

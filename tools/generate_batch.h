@@ -13,7 +13,8 @@ typedef struct batch_opts {
     const char *prompts_file;  /* one prompt per line, or JSONL */
     const char *output;        /* NULL = stdout */
     int max_tokens;            /* defaults for lines that do not say */
-    float temperature;
+    float temperature, top_p, min_p;
+    int top_k;
     uint64_t seed;
     int ignore_eos;
     int parse_special;

@@ -9,7 +9,8 @@
  * list to the stream's executor thread and returns: the engine can prepare
  * its next step while this one runs. Wait blocks until the list is done.
  * Streams of one device take turns on the device's thread pool (exec_lock),
- * since the pool runs one job at a time.
+ * since the pool runs one job at a time, in submission order (a ticket
+ * taken at submit), as device.h promises.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include "cpu_ops.h"
+#include "cpu_sample.h"
 #include "device.h"
 #include "error.h"
 #include "quant.h"
@@ -41,11 +43,13 @@ typedef struct cpu_device {
     duet_cpu_isa isa;    /* matmul kernel family, chosen once at creation */
     duet_mm_act mm_act;  /* activation path of the quantized matmuls */
     pthread_mutex_t exec_lock;
+    pthread_cond_t turn;          /* serving advanced */
+    uint64_t next_ticket, serving; /* submission order, under exec_lock */
 } cpu_device;
 
 typedef enum cmd_kind {
     CMD_UPLOAD, CMD_DOWNLOAD, CMD_EMBED, CMD_RMS_NORM, CMD_MATMUL, CMD_ROPE, CMD_KV_WRITE,
-    CMD_ATTENTION, CMD_SWIGLU, CMD_ADD, CMD_GATHER_ROWS,
+    CMD_ATTENTION, CMD_SWIGLU, CMD_ADD, CMD_GATHER_ROWS, CMD_SAMPLE,
 } cmd_kind;
 
 typedef struct cmd {
@@ -70,6 +74,7 @@ typedef struct cmd {
         duet_swiglu_args swiglu;
         duet_add_args add;
         duet_gather_rows_args gather_rows;
+        duet_sample_args sample;
     } u;
 } cmd;
 
@@ -89,6 +94,7 @@ struct duet_stream {
     stream_state state;
     int quit;
     int recording; /* begin..submit; touched only by the caller's thread */
+    uint64_t ticket; /* place in the device's submission order */
 };
 
 /* ---- buffers ------------------------------------------------------------------ */
@@ -176,7 +182,7 @@ static void exec_cmd(cpu_device *d, duet_stream *s, const cmd *c)
     case CMD_EMBED: {
         const duet_embed_args *a = &c->u.embed;
         cpu_embed k = {cpu_ptr(a->ids), cpu_ptr(a->table), cpu_ptr(a->out), a->table_type,
-                       a->n_tokens, a->vocab, a->dim};
+                       a->n_tokens, a->vocab, a->dim, cpu_ptr(a->prev_tokens), a->n_prev};
         ref ? duet_cpu_embed_ref(&k) : duet_cpu_embed_fast(pool, &k);
         break;
     }
@@ -244,6 +250,17 @@ static void exec_cmd(cpu_device *d, duet_stream *s, const cmd *c)
         ref ? duet_cpu_gather_rows_ref(&k) : duet_cpu_gather_rows_fast(pool, &k);
         break;
     }
+    case CMD_SAMPLE: {
+        const duet_sample_args *a = &c->u.sample;
+        cpu_sample k = {cpu_ptr(a->logits), cpu_ptr(a->rows),   cpu_ptr(a->edits),
+                        cpu_ptr(a->work),   cpu_ptr(a->results), a->n_rows,
+                        a->vocab,           a->n_edits};
+        ref ? duet_cpu_sample_ref(&k) : duet_cpu_sample_fast(pool, &k);
+        int32_t *packed = cpu_ptr(a->tokens_out);
+        for (int i = 0; packed && i < a->n_rows; i++)
+            packed[i] = k.results[i].token;
+        break;
+    }
     }
 }
 
@@ -259,10 +276,15 @@ static void *stream_main(void *arg)
         if (s->quit)
             break;
         pthread_mutex_unlock(&s->mutex);
-        pthread_mutex_lock(&s->dev->exec_lock);
+        cpu_device *dev = s->dev;
+        pthread_mutex_lock(&dev->exec_lock);
+        while (dev->serving != s->ticket)
+            pthread_cond_wait(&dev->turn, &dev->exec_lock);
         for (size_t i = 0; i < s->n_cmds; i++)
-            exec_cmd(s->dev, s, &s->cmds[i]);
-        pthread_mutex_unlock(&s->dev->exec_lock);
+            exec_cmd(dev, s, &s->cmds[i]);
+        dev->serving++;
+        pthread_cond_broadcast(&dev->turn);
+        pthread_mutex_unlock(&dev->exec_lock);
         pthread_mutex_lock(&s->mutex);
         s->state = STREAM_DONE;
         pthread_cond_broadcast(&s->changed);
@@ -354,6 +376,9 @@ static duet_status cpu_stream_submit(void *ctx, duet_stream *s)
         return duet_error(DUET_ERR_INVALID_ARG,
                           "cpu: stream_submit without a stream_begin since the last submit");
     s->recording = 0;
+    pthread_mutex_lock(&s->dev->exec_lock);
+    s->ticket = s->dev->next_ticket++;
+    pthread_mutex_unlock(&s->dev->exec_lock);
     pthread_mutex_lock(&s->mutex);
     s->state = STREAM_SUBMITTED;
     pthread_cond_broadcast(&s->changed);
@@ -436,6 +461,7 @@ RECORDER(attention, CMD_ATTENTION, duet_attention_args)
 RECORDER(swiglu, CMD_SWIGLU, duet_swiglu_args)
 RECORDER(add, CMD_ADD, duet_add_args)
 RECORDER(gather_rows, CMD_GATHER_ROWS, duet_gather_rows_args)
+RECORDER(sample, CMD_SAMPLE, duet_sample_args)
 
 /* ---- the device --------------------------------------------------------------------- */
 
@@ -445,6 +471,7 @@ static void cpu_destroy(void *ctx)
     if (!d)
         return;
     duet_threadpool_free(d->pool);
+    pthread_cond_destroy(&d->turn);
     pthread_mutex_destroy(&d->exec_lock);
     free(d);
 }
@@ -505,6 +532,7 @@ static const duet_device_ops cpu_ops = {
     .swiglu = rec_swiglu,
     .add = rec_add,
     .gather_rows = rec_gather_rows,
+    .sample = rec_sample,
 };
 
 /* Cores this process may run on (affinity, not just the machine's). */
@@ -546,6 +574,11 @@ duet_status duet_cpu_device_create(const duet_device_options *opts, duet_device 
         rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "cpu: cannot create the device lock");
         goto out_free_device;
     }
+    if (pthread_cond_init(&d->turn, NULL)) {
+        pthread_mutex_destroy(&d->exec_lock);
+        rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "cpu: cannot create the device condition");
+        goto out_free_device;
+    }
     rc = duet_threadpool_create(d->n_threads, &d->pool);
     if (rc)
         goto out_destroy_lock;
@@ -562,6 +595,7 @@ duet_status duet_cpu_device_create(const duet_device_options *opts, duet_device 
 out_free_pool:
     duet_threadpool_free(d->pool);
 out_destroy_lock:
+    pthread_cond_destroy(&d->turn);
     pthread_mutex_destroy(&d->exec_lock);
 out_free_device:
     free(d);

@@ -16,7 +16,8 @@
  *
  * Bad indices found in device memory (the wrappers cannot see it) never
  * cause an out-of-bounds access; they are made visible instead:
- *  - embed: an id outside [0, vocab) gives a row of NaN;
+ *  - embed: an id -1-i with i < n_prev reads prev[i] instead; an id
+ *    (after that) outside [0, vocab) gives a row of NaN;
  *  - gather_rows: a row outside [0, n_in) gives a row of NaN;
  *  - kv_write: a slot outside [0, num_blocks * block_size) is skipped
  *    like -1;
@@ -44,6 +45,8 @@ typedef struct cpu_embed {
     float *out;         /* [n_tokens][dim] */
     duet_dtype table_type;
     int n_tokens, vocab, dim;
+    const int32_t *prev; /* [n_prev]: id -1-i means prev[i]; may be NULL */
+    int n_prev;
 } cpu_embed;
 
 typedef struct cpu_rms_norm {

@@ -20,6 +20,8 @@ void duet_cpu_embed_ref(const cpu_embed *a)
     size_t row_bytes = duet_dtype_row_bytes(a->table_type, a->dim);
     for (int t = 0; t < a->n_tokens; t++) {
         int32_t id = a->ids[t];
+        if (id < 0 && a->prev && -(int64_t)id - 1 < a->n_prev)
+            id = a->prev[-(int64_t)id - 1];
         float *y = a->out + (int64_t)t * a->dim;
         if (id < 0 || id >= a->vocab) {
             duet_cpu_fill_nan(y, 0, 1, a->dim);

@@ -18,7 +18,8 @@ static void run_embed(fx *f, const int32_t *ids, const void *table, size_t table
     duet_buffer *bi = fx_buf(f, ids, 4 * n_tokens), *bt = fx_buf(f, table, table_bytes);
     duet_buffer *bo = fx_buf(f, NULL, 4ull * n_tokens * dim);
     fx_begin(f);
-    duet_embed_args a = {at(bi), at(bt), at(bo), type, n_tokens, vocab, dim};
+    duet_embed_args a = {.ids = at(bi), .table = at(bt), .out = at(bo), .table_type = type,
+                         .n_tokens = n_tokens, .vocab = vocab, .dim = dim};
     assert_int_equal(duet_dev_embed(f->d, f->s, &a), DUET_OK);
     fx_finish(f, bo, out, 4ull * n_tokens * dim);
     duet_dev_buffer_free(f->d, bi);
@@ -214,6 +215,31 @@ static void test_embed(void **state)
         run_embed(devs[d], ids, table, sizeof(float) * V * E, DUET_F32, 4, V, E, out);
         for (int t = 0; t < 4; t++)
             assert_memory_equal(out + t * E, table + ids[t] * E, sizeof(float) * E);
+    }
+
+    /* Placeholders: id -1-i reads prev_tokens[i]; beyond n_prev (or
+     * without prev_tokens) a negative id is a row of NaN. */
+    int32_t prev[] = {7, 2};
+    int32_t pids[] = {-2, 5, -1, -3};
+    for (int d = 0; d < 2; d++) {
+        fx *f = devs[d];
+        duet_buffer *bi = fx_buf(f, pids, sizeof pids), *bt = fx_buf(f, table, sizeof(float) * V * E);
+        duet_buffer *bp = fx_buf(f, prev, sizeof prev), *bo = fx_buf(f, NULL, 4ull * 4 * E);
+        fx_begin(f);
+        duet_embed_args a = {.ids = at(bi), .table = at(bt), .out = at(bo), .prev_tokens = at(bp),
+                             .table_type = DUET_F32, .n_tokens = 4, .vocab = V, .dim = E,
+                             .n_prev = 2};
+        assert_int_equal(duet_dev_embed(f->d, f->s, &a), DUET_OK);
+        fx_finish(f, bo, out, 4ull * 4 * E);
+        assert_memory_equal(out + 0 * E, table + 2 * E, sizeof(float) * E);
+        assert_memory_equal(out + 1 * E, table + 5 * E, sizeof(float) * E);
+        assert_memory_equal(out + 2 * E, table + 7 * E, sizeof(float) * E);
+        for (int j = 0; j < E; j++)
+            assert_true(isnan(out[3 * E + j]));
+        duet_dev_buffer_free(f->d, bi);
+        duet_dev_buffer_free(f->d, bt);
+        duet_dev_buffer_free(f->d, bp);
+        duet_dev_buffer_free(f->d, bo);
     }
 
     /* Q8_0 table, 2 blocks per row: x = d * q with d = 0.5 (exact in half). */

@@ -265,7 +265,7 @@ static void sim_check_done(const sim *m)
 static duet_scheduler_options opts(int seqs, int budget, int chunked, int threshold,
                                    duet_sched_policy policy)
 {
-    duet_scheduler_options o = {seqs, budget, chunked, threshold, policy};
+    duet_scheduler_options o = {seqs, budget, chunked, threshold, policy, 0};
     return o;
 }
 
