@@ -399,6 +399,10 @@ duet_status duet_dev_sample(duet_device *d, duet_stream *s, const duet_sample_ar
     duet_status rc = DUET_OK;
     CHECK(check_positive("sample", "n_rows", a->n_rows));
     CHECK(check_positive("sample", "vocab", a->vocab));
+    if (a->vocab > (1 << 24)) /* keeps the sampler's 64-bit mass sums exact */
+        return duet_error(DUET_ERR_INVALID_ARG,
+                          "sample: vocab is %d; the sampler supports at most 16777216 tokens",
+                          a->vocab);
     if (a->n_edits < 0)
         return duet_error(DUET_ERR_INVALID_ARG, "sample: n_edits is %d; it must be >= 0",
                           a->n_edits);

@@ -63,30 +63,3 @@ void duet_sample_row_init(duet_sample_row *row, const duet_request_params *p, in
                                                               : n_logprobs;
 }
 
-int32_t duet_sample_temperature(const float *logits, int n, float temperature, uint64_t seed,
-                                uint32_t position)
-{
-    if (!(temperature >= 1e-5f))
-        return duet_sample_argmax(logits, n);
-    float max_v = logits[duet_sample_argmax(logits, n)];
-    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-    int32_t best = 0;
-    double best_score = -1.0;
-    for (int base = 0; base < n; base += 4) {
-        uint32_t ctr[4] = {(uint32_t)(base / 4), position, 0, 0}, r[4];
-        duet_philox4x32(ctr, key, r);
-        for (int j = 0; j < 4 && base + j < n; j++) {
-            int i = base + j;
-            /* u in (0, 1): 24 random bits, offset by half a step. */
-            double u = ((r[j] >> 8) + 0.5) * (1.0 / 16777216.0);
-            double q = -log(u);
-            double p = exp(((double)logits[i] - max_v) / temperature);
-            double score = p / q;
-            if (score > best_score) {
-                best_score = score;
-                best = i;
-            }
-        }
-    }
-    return best;
-}

@@ -42,11 +42,5 @@ void duet_sample_row_init(duet_sample_row *row, const duet_request_params *p, in
                           uint64_t seed, uint32_t position, uint32_t sample_index,
                           int32_t forced_token, int n_logprobs);
 
-/* Superseded by the sample op (duet_dev_sample); kept until its last
- * caller moves. Sample from softmax(logits / temperature) by the exponential race:
- * argmax_i p_i / q_i with q_i ~ Exp(1) drawn from Philox(seed, position, i).
- * temperature < 1e-5 is greedy. */
-int32_t duet_sample_temperature(const float *logits, int n, float temperature, uint64_t seed,
-                                uint32_t position);
 
 #endif

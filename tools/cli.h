@@ -27,5 +27,6 @@ int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bench_throughput(int argc, char **argv);
+int duet_cmd_bench_sampler(int argc, char **argv);
 
 #endif

@@ -202,8 +202,8 @@ static void avx2_hist_l1(const duet_sample_view *v, float vmin, uint32_t *count,
     *total = s;
 }
 
-static int avx2_next_contender(const duet_sample_view *v, int start, float best,
-                               uint32_t max_key)
+static int avx2_contenders(const duet_sample_view *v, int start, float best, uint32_t max_key,
+                           uint32_t *bits)
 {
     int i = start;
     const __m256 gmax = _mm256_set1_ps(DUET_SM_GMAX), bestv = _mm256_set1_ps(best);
@@ -214,17 +214,60 @@ static int avx2_next_contender(const duet_sample_view *v, int start, float best,
         __m256 ok = _mm256_and_ps(mask, _mm256_cmp_ps(_mm256_add_ps(d, gmax), bestv, _CMP_GE_OQ));
         __m256i key = _mm256_and_si256(_mm256_castps_si256(d), _mm256_set1_epi32(0x7fffffff));
         ok = _mm256_andnot_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(key, maxk)), ok);
-        int bits = _mm256_movemask_ps(ok);
-        if (bits)
-            return i + __builtin_ctz((unsigned)bits);
+        int m = _mm256_movemask_ps(ok);
+        if (m) {
+            *bits = (uint32_t)m;
+            return i;
+        }
+    }
+    if (i < v->n) {
+        uint32_t m = 0;
+        for (int j = 0; i + j < v->n; j++) {
+            int okc;
+            float d = cand_d1(v, i + j, &okc);
+            if (okc && !(d + DUET_SM_GMAX < best) &&
+                (duet_sm_bits(d) & 0x7fffffffu) <= max_key)
+                m |= 1u << j;
+        }
+        if (m) {
+            *bits = m;
+            return i;
+        }
+    }
+    *bits = 0;
+    return v->n;
+}
+
+static void avx2_count_at(const duet_sample_view *v, const float *t, int nt, uint64_t *counts)
+{
+    __m256i c[16];
+    __m256 tv[16];
+    for (int j = 0; j < nt; j++) {
+        c[j] = _mm256_setzero_si256();
+        tv[j] = _mm256_set1_ps(t[j]);
+    }
+    int i = 0;
+    for (; i + 8 <= v->n; i += 8) {
+        __m256 mask;
+        __m256 d = cand8(v, i, &mask);
+        d = _mm256_blendv_ps(_mm256_set1_ps(NAN), d, mask); /* non-candidates compare false */
+        for (int j = 0; j < nt; j++) /* a true lane is -1: subtracting counts it */
+            c[j] = _mm256_sub_epi32(c[j], _mm256_castps_si256(_mm256_cmp_ps(d, tv[j], _CMP_GE_OQ)));
+    }
+    for (int j = 0; j < nt; j++) {
+        int32_t lanes[8];
+        _mm256_storeu_si256((__m256i *)lanes, c[j]);
+        uint64_t total = 0;
+        for (int k = 0; k < 8; k++)
+            total += (uint32_t)lanes[k];
+        counts[j] = total;
     }
     for (; i < v->n; i++) {
-        int okc;
-        float d = cand_d1(v, i, &okc);
-        if (okc && !(d + DUET_SM_GMAX < best) && (duet_sm_bits(d) & 0x7fffffffu) <= max_key)
-            return i;
+        int ok;
+        float d = cand_d1(v, i, &ok);
+        for (int j = 0; ok && j < nt; j++)
+            counts[j] += d >= t[j];
     }
-    return v->n;
 }
 
 static uint32_t avx2_collect(const duet_sample_view *v, uint32_t lo, uint32_t hi, int32_t *ids,
@@ -277,11 +320,47 @@ static uint64_t avx2_raw_mass(const float *x, int n, float m0)
     return s;
 }
 
+static int avx2_count_ge(const float *x, int n, float t)
+{
+    __m256i c = _mm256_setzero_si256();
+    const __m256 tv = _mm256_set1_ps(t);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) /* a true lane is -1: subtracting counts it */
+        c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(x + i), tv,
+                                                                  _CMP_GE_OQ)));
+    int32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, c);
+    int total = 0;
+    for (int j = 0; j < 8; j++)
+        total += lanes[j];
+    for (; i < n; i++)
+        total += x[i] >= t;
+    return total;
+}
+
+static int avx2_next_above(const float *x, int start, int n, float t)
+{
+    const __m256 tv = _mm256_set1_ps(t);
+    int i = start;
+    for (; i + 8 <= n; i += 8) {
+        int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), tv, _CMP_GT_OQ));
+        if (bits)
+            return i + __builtin_ctz((unsigned)bits);
+    }
+    for (; i < n; i++)
+        if (x[i] > t)
+            return i;
+    return n;
+}
+
 const duet_sample_fast_isa duet_sample_avx2_isa = {
     .copy_clean = avx2_copy_clean,
     .argmax = avx2_argmax,
     .hist_l1 = avx2_hist_l1,
+    .count_at = avx2_count_at,
     .collect = avx2_collect,
-    .next_contender = avx2_next_contender,
+    .contenders = avx2_contenders,
     .raw_mass = avx2_raw_mass,
+    .count_ge = avx2_count_ge,
+    .next_above = avx2_next_above,
 };

@@ -6,12 +6,16 @@
  * so it is fixed by its last member. That member is found by radix
  * selection on the bits of d: a histogram of counts and weights over a
  * coarse key, then finer histograms inside the one bucket that holds the
- * cut, then a walk over ids among tokens with exactly that d. The Gumbel
- * race then visits K in id order and skips tokens whose best possible
- * score, d + GMAX, is already beaten. Rows run in parallel on the pool;
- * a row is computed the same way on whichever thread it lands.
+ * cut, then a walk over ids among tokens with exactly that d. Only tokens
+ * that can hold the cut are histogrammed (the top-p head, the first top_k;
+ * docs/SAMPLING.md section 7 gives the bounds). The Gumbel race then
+ * visits K in id order and skips tokens whose best possible score, d +
+ * GMAX or d + the noise bound of their Philox word's slice, is already
+ * beaten. Rows run in parallel on the pool; a row is computed the same way
+ * on whichever thread it lands.
  */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "cpu_sample.h"
@@ -178,14 +182,26 @@ typedef struct race_rng {
     uint32_t r[4];
 } race_rng;
 
-static inline float race_gumbel(race_rng *g, uint32_t i)
+static inline uint32_t race_word(race_rng *g, uint32_t i)
 {
     if (i / 4u != g->block) {
         g->block = i / 4u;
         uint32_t ctr[4] = {g->block, g->ctr1, g->ctr2, 0};
         duet_sm_philox4x32(ctr, g->key, g->r);
     }
-    return duet_sm_gumbel(g->r[i % 4u]);
+    return g->r[i % 4u];
+}
+
+/* gumbel() is non-decreasing in the word, so bound[w >> 24], the noise at
+ * the top of w's 1/256 slice, bounds it: a token whose d + bound is below
+ * the best score needs no logarithms. */
+static float gumbel_bound[256];
+static pthread_once_t gumbel_bound_once = PTHREAD_ONCE_INIT;
+
+static void gumbel_bound_init(void)
+{
+    for (uint32_t k = 0; k < 256; k++)
+        gumbel_bound[k] = duet_sm_gumbel((k << 24) | 0xffffffu);
 }
 
 /* Gumbel-max over the candidates with key < cut.key, or == cut.key and id
@@ -202,18 +218,27 @@ static int32_t race(const row_ctx *c, const duet_sample_row *row, const sel_cut 
     int first_in = !cut || cut->key > 0 || argmax <= cut->id;
     if (first_in) {
         best = argmax;
-        best_score = 0.0f + race_gumbel(&g, (uint32_t)argmax);
+        best_score = 0.0f + duet_sm_gumbel(race_word(&g, (uint32_t)argmax));
     }
-    uint32_t max_key = cut ? cut->key : 0x7fffffffu;
-    for (int i = c->isa->next_contender(v, 0, best_score, max_key); i < v->n;
-         i = c->isa->next_contender(v, i + 1, best_score, max_key)) {
-        float d = cand_d(v, i);
-        if ((first_in && i == argmax) || (cut && key_of(d) == cut->key && i > cut->id))
-            continue;
-        float score = d + race_gumbel(&g, (uint32_t)i);
-        if (score > best_score || (score == best_score && i < best)) {
-            best = i;
-            best_score = score;
+    uint32_t max_key = cut ? cut->key : 0x7fffffffu, bits;
+    for (int base = c->isa->contenders(v, 0, best_score, max_key, &bits); base < v->n;
+         base = c->isa->contenders(v, base + 8, best_score, max_key, &bits)) {
+        while (bits) {
+            int i = base + __builtin_ctz(bits);
+            bits &= bits - 1;
+            /* The mask used an older, lower best: check again. */
+            float d = cand_d(v, i);
+            if (d + DUET_SM_GMAX < best_score || (first_in && i == argmax) ||
+                (cut && key_of(d) == cut->key && i > cut->id))
+                continue;
+            uint32_t word = race_word(&g, (uint32_t)i);
+            if (d + gumbel_bound[word >> 24] < best_score)
+                continue;
+            float score = d + duet_sm_gumbel(word);
+            if (score > best_score || (score == best_score && i < best)) {
+                best = i;
+                best_score = score;
+            }
         }
     }
     return best;
@@ -274,6 +299,23 @@ static float head_vmin(uint32_t q, int vocab)
     return f;
 }
 
+/* Counts of candidates at d >= LADDER[j]. Only d >= -20 can win (a lower
+ * d has d + GMAX < GMIN, below the d = 0 token's score); no heavy token
+ * has d < -27.75 (dexp(-27.75) < 2^-40). */
+static const float LADDER[] = {-2.0f, -4.0f, -6.0f, -9.0f, -12.0f, -16.0f, -20.0f, -27.75f};
+enum { LADDER_N = sizeof LADDER / sizeof LADDER[0], LADDER_WIN = 6, LADDER_HEAVY = 7 };
+
+/* A histogram threshold (scaled dexp) whose tokens include the first k of
+ * O: dexp(t) * 2^40 for the highest rung t with at least k candidates at
+ * d >= t (dexp is monotone), else 1 (every heavy token). */
+static float ladder_vmin(const uint64_t *counts, uint64_t k)
+{
+    for (int j = 0; j < LADDER_N; j++)
+        if (counts[j] >= k)
+            return duet_sm_dexp(LADDER[j]) * DUET_SM_TWO40;
+    return 1.0f;
+}
+
 static int32_t sample_row_token(const duet_sample_fast_isa *isa, const duet_sample_row *row,
                                 const float *l, int vocab, int32_t argmax, sel_hist *h,
                                 int32_t *list)
@@ -290,29 +332,30 @@ static int32_t sample_row_token(const duet_sample_fast_isa *isa, const duet_samp
         return race(&c, row, NULL, argmax);
 
     sel_hist l1;
-    uint64_t n_hist = 0, n_heavy = 0, total = 0;
+    uint64_t n_hist = 0, n_heavy = 0, total = 0, counts[LADDER_N];
     memset(&l1, 0, sizeof l1);
+    if (top_k != UINT64_MAX)
+        isa->count_at(&c.v, LADDER, LADDER_N, counts);
     if (!top_p) {
-        /* Only tokens with d >= -20 can win (d + GMAX < GMIN below): when
-         * top_k keeps them all, it changes nothing. */
-        float v20 = duet_sm_dexp(-20.0f) * DUET_SM_TWO40;
-        isa->hist_l1(&c.v, v20, l1.count, l1.mass, &n_hist, &n_heavy, &total);
-        if (top_k >= n_hist)
+        if (top_k >= counts[LADDER_WIN]) /* keeps every possible winner */
             return race(&c, row, NULL, argmax);
+        float vmin = ladder_vmin(counts, top_k);
+        isa->hist_l1(&c.v, vmin, l1.count, l1.mass, &n_hist, &n_heavy, &total);
         sel_limit lim = {top_k, UINT64_MAX};
-        sel_cut ck = select_cut(&c, &l1, v20, &lim, h);
+        sel_cut ck = select_cut(&c, &l1, vmin, &lim, h);
         return race(&c, row, &ck, argmax);
     }
-    /* The top-p cut lies among the tokens of weight above W (the head). */
+    /* The top-p cut lies among the tokens of weight above W (the head);
+     * with top_k, the histogram must also hold the first top_k tokens. */
+    int k_cuts = top_k != UINT64_MAX && top_k < counts[LADDER_HEAVY];
     float vmin = head_vmin(row->top_p_q24, vocab);
+    if (k_cuts) {
+        float vk = ladder_vmin(counts, top_k);
+        vmin = vk < vmin ? vk : vmin;
+    }
     isa->hist_l1(&c.v, vmin, l1.count, l1.mass, &n_hist, &n_heavy, &total);
     uint64_t s = total;
-    if (top_k < n_heavy) {
-        if (top_k >= n_hist) { /* the top-k cut is past the head: histogram all */
-            memset(&l1, 0, sizeof l1);
-            vmin = 1.0f;
-            isa->hist_l1(&c.v, vmin, l1.count, l1.mass, &n_hist, &n_heavy, &total);
-        }
+    if (k_cuts && top_k < n_heavy) {
         sel_limit lim = {top_k, UINT64_MAX};
         s = select_cut(&c, &l1, vmin, &lim, h).mass;
     }
@@ -322,36 +365,34 @@ static int32_t sample_row_token(const duet_sample_fast_isa *isa, const duet_samp
 }
 
 /* Step 1: raw logprobs, rank and top-N. */
-static void row_logprobs(const duet_sample_fast_isa *isa, const float *x, int vocab,
+/* Step 1: raw logprobs, rank and top-N. a0: the argmax of the cleaned x. */
+static void row_logprobs(const duet_sample_fast_isa *isa, const float *x, int vocab, int32_t a0,
                          int n_logprobs, duet_sample_result *res)
 {
-    float m0 = -INFINITY;
-    for (int i = 0; i < vocab; i++)
-        if (x[i] > m0) /* NaN never wins */
-            m0 = x[i];
+    float m0 = isnan(x[a0]) ? -INFINITY : x[a0];
     uint64_t s0 = isa->raw_mass(x, vocab, m0);
     float lz = duet_sm_dlog((float)s0 * DUET_SM_TWO_M40);
 
     float xt = isnan(x[res->token]) ? -INFINITY : x[res->token];
-    int32_t rank = 0;
-    for (int i = 0; i < vocab; i++)
-        rank += x[i] >= xt; /* NaN compares false, as -inf would unless xt is -inf */
-    if (xt == -INFINITY)
-        rank = vocab;
-    res->rank = rank;
+    /* NaN compares false, as -inf does unless xt is -inf itself. */
+    res->rank = xt == -INFINITY ? vocab : isa->count_ge(x, vocab, xt);
     res->logprob = s0 ? (xt - m0) - lz : -INFINITY;
 
     int n_top = n_logprobs < DUET_SAMPLE_MAX_LOGPROBS ? n_logprobs : DUET_SAMPLE_MAX_LOGPROBS;
     if (n_top > vocab)
         n_top = vocab;
     /* Insertion into a sorted list of n_top: (value desc, id asc). Ids come
-     * ascending, so a newcomer must be strictly greater to move ahead. */
+     * ascending, so a newcomer must be strictly greater to move ahead; once
+     * the list is full only values above its last one are visited. */
     int n = 0;
     float *tv = res->top_logprobs; /* holds raw values until the end */
     for (int i = 0; i < vocab && n_top > 0; i++) {
+        if (n == n_top) {
+            i = isa->next_above(x, i, vocab, tv[n - 1]);
+            if (i >= vocab)
+                break;
+        }
         float v = isnan(x[i]) ? -INFINITY : x[i];
-        if (n == n_top && !(v > tv[n - 1]))
-            continue;
         int j = n < n_top ? n++ : n - 1;
         while (j > 0 && v > tv[j - 1]) {
             tv[j] = tv[j - 1];
@@ -374,7 +415,8 @@ static void fast_row(const duet_sample_fast_isa *isa, const cpu_sample *a, int r
     float *l = a->work + (size_t)r * (size_t)a->vocab;
     duet_sample_result *res = &a->results[r];
 
-    int32_t argmax = apply_edits(isa, a, row, l, isa->copy_clean(x, l, a->vocab));
+    int32_t a0 = isa->copy_clean(x, l, a->vocab);
+    int32_t argmax = apply_edits(isa, a, row, l, a0);
     int32_t token;
     if (row->forced_token >= 0 && row->forced_token < a->vocab)
         token = row->forced_token;
@@ -386,7 +428,7 @@ static void fast_row(const duet_sample_fast_isa *isa, const cpu_sample *a, int r
     memset(res, 0, sizeof *res);
     res->token = token;
     if (row->n_logprobs >= 0)
-        row_logprobs(isa, x, a->vocab, row->n_logprobs, res);
+        row_logprobs(isa, x, a->vocab, a0, row->n_logprobs, res);
 }
 
 /* ---- portable building blocks ------------------------------------------- */
@@ -424,15 +466,34 @@ static void scalar_hist_l1(const duet_sample_view *v, float vmin, uint32_t *coun
     *total = s;
 }
 
-static int scalar_next_contender(const duet_sample_view *v, int start, float best,
-                                 uint32_t max_key)
+static int scalar_contenders(const duet_sample_view *v, int start, float best, uint32_t max_key,
+                             uint32_t *bits)
 {
-    for (int i = start; i < v->n; i++) {
-        float d = cand_d(v, i);
-        if (!isnan(d) && !(d + DUET_SM_GMAX < best) && key_of(d) <= max_key)
-            return i;
+    for (int base = start; base < v->n; base += 8) {
+        uint32_t m = 0;
+        for (int j = 0; j < 8 && base + j < v->n; j++) {
+            float d = cand_d(v, base + j);
+            if (!isnan(d) && !(d + DUET_SM_GMAX < best) && key_of(d) <= max_key)
+                m |= 1u << j;
+        }
+        if (m) {
+            *bits = m;
+            return base;
+        }
     }
+    *bits = 0;
     return v->n;
+}
+
+static void scalar_count_at(const duet_sample_view *v, const float *t, int nt, uint64_t *counts)
+{
+    for (int j = 0; j < nt; j++)
+        counts[j] = 0;
+    for (int i = 0; i < v->n; i++) {
+        float d = cand_d(v, i);
+        for (int j = 0; j < nt; j++)
+            counts[j] += d >= t[j]; /* false for NaN: not a candidate */
+    }
 }
 
 static uint32_t scalar_collect(const duet_sample_view *v, uint32_t lo, uint32_t hi,
@@ -459,13 +520,32 @@ static uint64_t scalar_raw_mass(const float *x, int n, float m0)
     return s;
 }
 
+static int scalar_count_ge(const float *x, int n, float t)
+{
+    int c = 0;
+    for (int i = 0; i < n; i++)
+        c += x[i] >= t;
+    return c;
+}
+
+static int scalar_next_above(const float *x, int start, int n, float t)
+{
+    for (int i = start; i < n; i++)
+        if (x[i] > t)
+            return i;
+    return n;
+}
+
 const duet_sample_fast_isa duet_sample_scalar_isa = {
     .copy_clean = scalar_copy_clean,
     .argmax = scalar_argmax,
     .hist_l1 = scalar_hist_l1,
+    .count_at = scalar_count_at,
     .collect = scalar_collect,
-    .next_contender = scalar_next_contender,
+    .contenders = scalar_contenders,
     .raw_mass = scalar_raw_mass,
+    .count_ge = scalar_count_ge,
+    .next_above = scalar_next_above,
 };
 
 /* ---- entry ------------------------------------------------------------------ */
@@ -489,6 +569,7 @@ static void fast_worker(void *arg, int ith, int nth)
 void duet_cpu_sample_fast_isa(duet_threadpool *pool, const duet_sample_fast_isa *isa,
                               const cpu_sample *a)
 {
+    pthread_once(&gumbel_bound_once, gumbel_bound_init);
     fast_job j = {a, isa};
     if (!pool || a->n_rows == 1)
         fast_worker(&j, 0, 1);
@@ -496,11 +577,27 @@ void duet_cpu_sample_fast_isa(duet_threadpool *pool, const duet_sample_fast_isa 
         duet_threadpool_run(pool, fast_worker, &j);
 }
 
+#ifdef __x86_64__
+static duet_sample_fast_isa avx512_isa;
+static pthread_once_t avx512_isa_once = PTHREAD_ONCE_INIT;
+
+static void avx512_isa_init(void)
+{
+    avx512_isa = duet_sample_avx2_isa;
+    duet_sample_avx512_patch(&avx512_isa);
+}
+#endif
+
 const duet_sample_fast_isa *duet_sample_best_isa(void)
 {
 #ifdef __x86_64__
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) {
+            pthread_once(&avx512_isa_once, avx512_isa_init);
+            return &avx512_isa;
+        }
         return &duet_sample_avx2_isa;
+    }
 #endif
     return &duet_sample_scalar_isa;
 }

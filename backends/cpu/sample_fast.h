@@ -8,9 +8,8 @@
 
 #include <stdint.h>
 
-#include "sample_math.h"
-
 #include "cpu_sample.h"
+#include "sample_math.h"
 
 enum {
     DUET_SAMPLE_BUCKETS = 2048,
@@ -51,20 +50,31 @@ typedef struct duet_sample_fast_isa {
      * heavy candidates (*n_heavy) and the weight of all (*total). */
     void (*hist_l1)(const duet_sample_view *v, float vmin, uint32_t *count, uint64_t *mass,
                     uint64_t *n_hist, uint64_t *n_heavy, uint64_t *total);
+    /* counts[j] = #{candidates with d >= t[j]}, j < nt <= 16. */
+    void (*count_at)(const duet_sample_view *v, const float *t, int nt, uint64_t *counts);
     /* Ids, ascending, of the candidates whose key is in [lo, hi]: writes
      * the first cap of them, returns how many there are. */
     uint32_t (*collect)(const duet_sample_view *v, uint32_t lo, uint32_t hi, int32_t *ids,
                         uint32_t cap);
-    /* The first candidate i >= start with d + GMAX >= best and key <=
-     * max_key; n when there is none. */
-    int (*next_contender)(const duet_sample_view *v, int start, float best, uint32_t max_key);
+    /* Contenders: candidates with d + GMAX >= best and key <= max_key.
+     * Returns the first base >= start such that tokens base..base+7 (below
+     * n) hold one, with *bits their mask (bit j: token base + j); n when
+     * there is none. */
+    int (*contenders)(const duet_sample_view *v, int start, float best, uint32_t max_key,
+                      uint32_t *bits);
     /* Sum of weight(x[i] - m0) (NaN weighs 0). */
     uint64_t (*raw_mass)(const float *x, int n, float m0);
+    /* #{i : x[i] >= t} (NaN counts as less). */
+    int (*count_ge)(const float *x, int n, float t);
+    /* The first i >= start with x[i] > t; n when none. */
+    int (*next_above)(const float *x, int start, int n, float t);
 } duet_sample_fast_isa;
 
 extern const duet_sample_fast_isa duet_sample_scalar_isa;
 #ifdef __x86_64__
 extern const duet_sample_fast_isa duet_sample_avx2_isa;
+/* Replace the dexp-heavy entries of an AVX2 table by AVX-512F/DQ ones. */
+void duet_sample_avx512_patch(duet_sample_fast_isa *isa);
 #endif
 
 /* The widest table this CPU runs. */

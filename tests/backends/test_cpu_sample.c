@@ -25,13 +25,23 @@
 typedef enum kernel {
     K_REF,
     K_FAST_SCALAR,     /* portable table, one thread */
-    K_FAST_BEST,       /* widest table, one thread */
+    K_FAST_AVX2,       /* AVX2 table (portable where the CPU lacks AVX2) */
+    K_FAST_BEST,       /* widest table (AVX-512 where present), one thread */
     K_FAST_BEST_POOL,  /* widest table, 3 threads */
     K_COUNT
 } kernel;
 
-static const char *const kernel_name[K_COUNT] = {"ref", "fast/scalar", "fast/best",
-                                                 "fast/best+pool"};
+static const char *const kernel_name[K_COUNT] = {"ref", "fast/scalar", "fast/avx2",
+                                                 "fast/best", "fast/best+pool"};
+
+static const duet_sample_fast_isa *avx2_isa(void)
+{
+#ifdef __x86_64__
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return &duet_sample_avx2_isa;
+#endif
+    return &duet_sample_scalar_isa;
+}
 
 typedef struct batch {
     int n_rows, vocab, n_edits;
@@ -83,6 +93,7 @@ static void run_kernel(kernel k, batch *b)
     switch (k) {
     case K_REF: duet_cpu_sample_ref(&a); break;
     case K_FAST_SCALAR: duet_cpu_sample_fast_isa(NULL, &duet_sample_scalar_isa, &a); break;
+    case K_FAST_AVX2: duet_cpu_sample_fast_isa(NULL, avx2_isa(), &a); break;
     case K_FAST_BEST: duet_cpu_sample_fast_isa(NULL, duet_sample_best_isa(), &a); break;
     default: duet_cpu_sample_fast(test_pool(), &a); break;
     }
@@ -180,15 +191,19 @@ static void test_dlog_accuracy_and_monotone(void **state)
         fail_msg("dlog relative error %.3g exceeds 2e-7", worst);
 }
 
-/* GMAX and GMIN are the extremes over every uniform the race can draw. */
+/* GMAX and GMIN are the extremes over every uniform the race can draw, and
+ * the noise never decreases as the word grows. */
 static void test_gumbel_bounds(void **state)
 {
     (void)state;
-    float gmax = -INFINITY, gmin = INFINITY;
+    float gmax = -INFINITY, gmin = INFINITY, prev = -INFINITY;
     for (uint32_t k = 0; k < (1u << 23); k++) {
         float u = duet_sm_uniform(k << 9);
         assert_true(u > 0.0f && u < 1.0f);
         float g = duet_sm_gumbel(k << 9);
+        if (g < prev) /* the fast kernel bounds g by its value at the slice top */
+            fail_msg("gumbel decreases at word %#x", k << 9);
+        prev = g;
         gmax = g > gmax ? g : gmax;
         gmin = g < gmin ? g : gmin;
     }
@@ -794,6 +809,46 @@ static void test_top_p_boundary_exact(void **state)
     batch_free(&b);
 }
 
+/* S is exact to the last unit of weight: two equal tokens, one of weight
+ * exactly 2 (2^-39) in a vector chunk of its own, one far below (weight
+ * 0), top_p 0.5. S = 2^41 + 2, so
+ * L = 2^40 + 1 and the second equal token (2^40 before it) is kept; a
+ * kernel that loses the 2 or miscounts the far token would drop it. The
+ * row is 64 wide so the vector paths see every token. */
+static void test_top_p_sum_exact(void **state)
+{
+    (void)state;
+    enum { V = 64, R = 200 };
+    float d2 = -26.5f;
+    while (duet_sm_weight(d2) != 2)
+        d2 = nextafterf(d2, -INFINITY); /* weight falls as d does */
+    batch b = batch_new(R, V, 0);
+    duet_request_params p = {.temperature = 1.0f, .top_p = 0.5f};
+    for (int r = 0; r < R; r++) {
+        float *x = b.logits + (size_t)r * V;
+        for (int i = 0; i < V; i++)
+            x[i] = -INFINITY;
+        x[1] = x[2] = 0.0f;
+        x[40] = d2; /* alone in its vector chunk */
+        x[4] = -100.0f;
+        b.rows[r] = make_row(&p, V, 21, (uint32_t)r);
+    }
+    for (kernel k = 0; k < K_COUNT; k++) {
+        run_kernel(k, &b);
+        int n2 = 0;
+        for (int r = 0; r < R; r++) {
+            int t = b.res[r].token;
+            if (t != 1 && t != 2)
+                fail_msg("%s row %d: token %d, want 1 or 2", kernel_name[k], r, t);
+            n2 += t == 2;
+        }
+        if (!(n2 > R / 4 && n2 < 3 * R / 4))
+            fail_msg("%s: token 2 drawn %d times of %d; S must count the weight-2 token",
+                     kernel_name[k], n2, R);
+    }
+    batch_free(&b);
+}
+
 /* Equal scores go to the lowest id. Ties need two tokens with the same d
  * and the same 23-bit uniform: search positions of a flat row for them,
  * computing the expected winner here from the definition. */
@@ -1147,6 +1202,7 @@ int main(void)
         cmocka_unit_test(test_mask_blocks_sampling),
         cmocka_unit_test(test_top_k_one_and_top_p_tiny),
         cmocka_unit_test(test_top_p_boundary_exact),
+        cmocka_unit_test(test_top_p_sum_exact),
         cmocka_unit_test(test_score_ties_lowest_id),
         cmocka_unit_test(test_top_p_cut_among_weak_tokens),
         cmocka_unit_test(test_forced_token),
