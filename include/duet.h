@@ -71,6 +71,9 @@ int duet_model_vocab_size(const duet_model *model);
  * when absent. *len gets the byte count. Not NUL-terminated. */
 const char *duet_model_chat_template(const duet_model *model, size_t *len);
 const char *duet_model_name(const duet_model *model, size_t *len);
+/* The device the model runs on, as "backend: name" ("cpu: CPU (2 threads,
+ * AVX2+FMA)", "vulkan: NVIDIA H200"). */
+const char *duet_model_device_name(const duet_model *model);
 /* Special token ids; -1 when the model has none. */
 int32_t duet_model_bos(const duet_model *model);
 int32_t duet_model_eos(const duet_model *model);

@@ -80,7 +80,12 @@ duet_status duet_model_load(const char *path, const duet_model_options *opts, du
         goto out_free;
     }
     duet_device_options dopts = {.n_threads = opts->n_threads};
-    if ((rc = duet_device_open(opts->device, &dopts, &m->dev)))
+    if ((rc = duet_device_open(opts->device, &dopts, &m->dev)) == DUET_OK) {
+        duet_device_info info;
+        duet_dev_info(m->dev, &info);
+        snprintf(m->device_name, sizeof m->device_name, "%s: %s", info.backend, info.name);
+    }
+    if (rc)
         goto out_free;
     if ((rc = duet_model_weights_load(m->gguf, &m->config, m->dev, &m->weights))) {
         duet_error_wrap(rc, "%s", path);
@@ -110,6 +115,7 @@ void duet_model_free(duet_model *m)
 const char *duet_model_arch(const duet_model *m) { return m->config.arch; }
 int duet_model_context_length(const duet_model *m) { return m->config.context_length; }
 int duet_model_vocab_size(const duet_model *m) { return m->config.vocab; }
+const char *duet_model_device_name(const duet_model *m) { return m->device_name; }
 int32_t duet_model_bos(const duet_model *m) { return duet_tokenizer_bos(m->tokenizer); }
 int32_t duet_model_eos(const duet_model *m) { return duet_tokenizer_eos(m->tokenizer); }
 

@@ -18,6 +18,7 @@ struct duet_model {
     duet_model_config config;  /* immutable after load */
     duet_tokenizer *tokenizer;
     duet_device *dev;
+    char device_name[160];     /* "cpu: CPU (2 threads, ...)" */
     duet_model_weights weights;
 };
 

@@ -16,6 +16,7 @@ typedef struct subcommand {
 static const subcommand subcommands[] = {
     {"generate", cmd_generate, "run a prompt through a model and stream the text"},
     {"tokenize", cmd_tokenize, "text to token ids, or ids back to text (--decode)"},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server with metrics and a live dashboard"},
     {"bench", cmd_bench, "benchmarks: 'bench latency' (single stream), 'bench throughput' (batched)"},
 };
 
