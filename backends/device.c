@@ -436,9 +436,14 @@ duet_status duet_device_open(const char *spec, const duet_device_options *opts,
         return duet_cpu_device_create(opts, out);
     if (strcmp(spec, "auto") == 0) {
 #ifdef DUET_HAVE_VULKAN
-        /* Only a real GPU beats the CPU backend; any failure moves on. */
-        if (duet_vulkan_device_create(-1, opts, 0, out) == DUET_OK)
-            return DUET_OK;
+        /* Only a real GPU beats the CPU backend, and only a backend with
+         * every op (Vulkan has no sample op yet); any failure moves on. */
+        if (duet_vulkan_device_create(-1, opts, 0, out) == DUET_OK) {
+            if ((*out)->ops->sample)
+                return DUET_OK;
+            duet_device_close(*out);
+            *out = NULL;
+        }
 #endif
         return duet_cpu_device_create(opts, out);
     }

@@ -31,7 +31,8 @@ static const char *help =
     "      --ignore-eos       generate exactly --output-len tokens (default for random)\n"
     "      --seed N           dataset seed (default 0)\n"
     "      --threads N        CPU threads (default: all cores)\n"
-    "      --device SPEC      auto | cpu (default auto)\n"
+    "      --device SPEC      auto | cpu | vulkan[:N] (default auto:\n"
+    "                         a GPU through Vulkan if present, else the CPU)\n"
     "      --json             one JSON object on stdout instead of text\n"
     "  -h, --help             this help\n"
     "\n";

@@ -25,7 +25,7 @@ static const char *help =
     "  -n, --gen-tokens N      tokens for tg (default 128; 0 skips tg)\n"
     "  -r, --repeat N          runs of each test (default 5)\n"
     "      --threads N         CPU threads (default: all cores)\n"
-    "      --device SPEC       auto | cpu (default auto)\n"
+    "      --device SPEC       auto | cpu | vulkan[:N] (default auto)\n"
     "      --json              one JSON object on stdout instead of a table\n"
     "  -h, --help              this help\n";
 

@@ -39,7 +39,8 @@ static const char *help =
     "      --max-connections N   open connections at most (default 16384)\n"
     "      --shutdown-timeout S  seconds in-flight requests get to finish on\n"
     "                            SIGINT/SIGTERM before they are aborted (default 10)\n"
-    "      --device SPEC         auto | cpu (default auto)\n"
+    "      --device SPEC         auto | cpu | vulkan[:N] (default auto: a GPU\n"
+    "                            through Vulkan if present, else the CPU)\n"
     "      --threads N           CPU threads (default: all cores)\n"
     "  -h, --help                this help\n"
     "\n";

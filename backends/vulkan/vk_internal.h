@@ -1,0 +1,224 @@
+/*
+ * vk_internal.h — the Vulkan backend's shared structs (internal to
+ * backends/vulkan; the runtime sees only device.h and vulkan_backend.h).
+ *
+ * Memory model. A duet_buffer is one or more chunks, each a VkBuffer with
+ * its own VkDeviceMemory no larger than maxMemoryAllocationSize. A buffer
+ * that fits one allocation is one chunk. A larger one (the mmap of a big
+ * GGUF file) is cut into chunks that overlap by `halo` bytes (at least
+ * maxStorageBufferRange), so any range an op can bind lies whole inside
+ * one chunk: the chunk chosen by the range's start (vk_bind_range). Host
+ * writes (buffer_write, upload) go to every copy; reads and shader writes
+ * use the chosen chunk, so a shader-written range must always be bound
+ * from the same start (true for the KV cache: per layer).
+ *
+ * Binding. Every op binds each operand as one storage-buffer descriptor of
+ * at most maxStorageBufferRange bytes (128 MiB on lavapipe), starting at
+ * an offset aligned down to minStorageBufferOffsetAlignment; the rest of
+ * the offset reaches the shader as a push constant. Ops whose operands
+ * can be larger (matmul and embed weights, elementwise ops) split into
+ * several dispatches on the host.
+ */
+#ifndef DUET_VK_INTERNAL_H
+#define DUET_VK_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "device.h"
+#include "vk_loader.h"
+#include "vulkan_backend.h"
+
+enum {
+    VK_MAX_BINDINGS = 8,     /* storage buffers per dispatch */
+    VK_PUSH_BYTES = 128,     /* the push-constant size every device has */
+    VK_SETS_PER_POOL = 256,  /* descriptor sets per stream pool */
+    VK_STAGING_BLOCK = 16 << 20,
+};
+
+/* Shaders, one per .comp file (names in vk_pipeline.c). */
+typedef enum vk_shader {
+    VK_SH_ADD,
+    VK_SH_SWIGLU,
+    VK_SH_RMS_NORM,
+    VK_SH_GATHER_ROWS,
+    VK_SH_EMBED,
+    VK_SH_MATMUL,
+    VK_SH_ROPE,
+    VK_SH_KV_WRITE,
+    VK_SH_ATTENTION,
+    VK_SH_COUNT
+} vk_shader;
+/* Pipeline variants per shader: spec % 32 is a type (constant 0), spec / 32
+ * a kernel variant (constant 1). */
+enum { VK_SPEC_VALUES = 64 };
+
+/* What a physical device reports (probed once; never enable more). */
+typedef struct vk_caps {
+    char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
+    VkPhysicalDeviceType type;
+    uint32_t api_version, vendor_id, device_id, driver_version;
+    uint8_t cache_uuid[VK_UUID_SIZE]; /* pipelineCacheUUID */
+    uint64_t device_local_bytes;
+    uint64_t max_storage_range;   /* maxStorageBufferRange */
+    uint64_t max_alloc;           /* maxMemoryAllocationSize */
+    uint64_t min_storage_align;   /* minStorageBufferOffsetAlignment */
+    uint32_t max_shared;          /* maxComputeSharedMemorySize */
+    uint32_t max_push;
+    uint32_t max_groups[3];
+    uint32_t max_storage_per_stage;
+    uint32_t subgroup_size, subgroup_ops; /* VkSubgroupFeatureFlags */
+    int subgroup_in_compute;
+    int fp16, int8, storage16, storage8, float64;
+    int int_dot, coop_matrix;     /* extensions/features reported */
+    int per_output_matmul;        /* CPU-type: matmul variant 1 (no shared memory) */
+    uint32_t queue_family;        /* first family with compute */
+    int usable;                   /* Vulkan >= 1.2 and a compute queue */
+} vk_caps;
+
+typedef struct vk_chunk {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    uint64_t start, size; /* bytes of the duet_buffer this chunk holds */
+    void *map;            /* persistently mapped when host-visible+coherent */
+} vk_chunk;
+
+struct duet_buffer {
+    size_t size;
+    uint32_t n_chunks;
+    vk_chunk chunk[];
+};
+
+/* Host-visible memory a stream copies uploads into and downloads out of. */
+typedef struct vk_staging {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    unsigned char *map;
+    size_t size, used;
+} vk_staging;
+
+typedef struct vk_download {
+    void *dst;
+    const unsigned char *src; /* into a staging map */
+    size_t n;
+} vk_download;
+
+typedef enum vk_stream_state {
+    VK_STREAM_IDLE = 0,
+    VK_STREAM_RECORDING,
+    VK_STREAM_SUBMITTED,
+} vk_stream_state;
+
+struct duet_stream {
+    VkCommandPool pool;
+    VkCommandBuffer cb;
+    VkFence fence;
+    vk_stream_state state;
+    int n_commands;          /* recorded since begin, each after a barrier */
+    VkDescriptorPool *dpools;
+    int n_dpools, cap_dpools, cur_dpool, sets_in_cur;
+    vk_staging *staging;
+    int n_staging, cap_staging;
+    vk_download *downloads;
+    int n_downloads, cap_downloads;
+};
+
+typedef struct vk_ctx {
+    duet_vk_loader loader;
+    VkInstance instance;
+    duet_vk_instance_fns fi;
+    VkDebugUtilsMessengerEXT messenger;
+    atomic_int validation_errors;
+
+    VkPhysicalDevice phys;
+    vk_caps caps;
+    int index; /* as duet_vulkan_list_devices numbers it */
+    VkDevice dev;
+    duet_vk_device_fns fd;
+    VkQueue queue;
+    pthread_mutex_t queue_lock; /* vkQueueSubmit needs external sync */
+    uint32_t mem_device;        /* memory type indices */
+    uint32_t mem_host;
+    int device_mem_mapped;      /* device-local type is host-visible+coherent */
+
+    uint64_t chunk_cap, halo;   /* see the memory model above */
+
+    VkDescriptorSetLayout set_layout;
+    VkPipelineLayout pipe_layout;
+    VkShaderModule modules[VK_SH_COUNT];
+    VkPipeline pipes[VK_SH_COUNT][VK_SPEC_VALUES];
+    VkPipelineCache pipe_cache; /* persisted under the cache directory */
+    int pipe_cache_dirty;       /* a pipeline was created: save at destroy */
+    pthread_mutex_t pipe_lock;
+    duet_buffer *dummy;         /* bound to unused binding slots */
+    duet_stream *sync;          /* for buffer_write/read through staging */
+    pthread_mutex_t sync_lock;
+} vk_ctx;
+
+/* A bound range: what one descriptor points at. */
+typedef struct vk_binding {
+    VkBuffer buf;
+    VkDeviceSize offset, range;
+} vk_binding;
+
+/* vk_device.c */
+extern const duet_device_ops duet_vk_ops;
+
+/* vk_memory.c */
+duet_status duet_vk_buffer_alloc(void *ctx, size_t size, duet_buffer **out);
+void duet_vk_buffer_free(void *ctx, duet_buffer *buf);
+size_t duet_vk_buffer_size(void *ctx, const duet_buffer *buf);
+duet_status duet_vk_buffer_write(void *ctx, duet_addr dst, const void *src, size_t n);
+duet_status duet_vk_buffer_read(void *ctx, duet_addr src, void *dst, size_t n);
+/* Create a VkBuffer + memory of memory type mem_type (host-visible types
+ * are mapped into *map). */
+duet_status duet_vk_raw_buffer(vk_ctx *c, uint64_t size, uint32_t mem_type, VkBuffer *buf,
+                               VkDeviceMemory *mem, void **map);
+void duet_vk_raw_buffer_free(vk_ctx *c, VkBuffer buf, VkDeviceMemory mem);
+/* Bind bytes [lo, hi) past a.offset: the descriptor in *out, and in
+ * *residual the bytes between the descriptor's start and a.offset + lo.
+ * DUET_ERR_UNSUPPORTED when the range cannot be one binding. */
+duet_status duet_vk_bind_range(vk_ctx *c, const char *op, const char *name, duet_addr a,
+                               uint64_t lo, uint64_t hi, vk_binding *out, uint32_t *residual);
+/* Largest byte count an op may bind as one operand (room for alignment). */
+uint64_t duet_vk_max_bind(const vk_ctx *c);
+
+/* vk_stream.c */
+duet_status duet_vk_stream_create(void *ctx, duet_stream **out);
+void duet_vk_stream_destroy(void *ctx, duet_stream *s);
+duet_status duet_vk_stream_begin(void *ctx, duet_stream *s);
+duet_status duet_vk_stream_submit(void *ctx, duet_stream *s);
+duet_status duet_vk_stream_wait(void *ctx, duet_stream *s);
+duet_status duet_vk_upload(void *ctx, duet_stream *s, duet_addr dst, const void *src, size_t n);
+duet_status duet_vk_download(void *ctx, duet_stream *s, duet_addr src, void *dst, size_t n);
+/* Host-visible stream memory for n bytes (aligned for binding), valid
+ * until the next begin: *binding covers it, *host is where to write. */
+duet_status duet_vk_stream_scratch(vk_ctx *c, duet_stream *s, size_t n, vk_binding *binding,
+                                   void **host);
+/* Record one dispatch of shader sh (specialized with spec) with bindings
+ * b[0..nb) and push constants pc; a barrier orders it after everything
+ * recorded before. Groups beyond the device's limits are the caller's
+ * problem (see vk_grid). */
+duet_status duet_vk_dispatch(vk_ctx *c, duet_stream *s, vk_shader sh, uint32_t spec,
+                             const vk_binding *b, int nb, const void *pc, uint32_t pc_size,
+                             uint32_t gx, uint32_t gy, uint32_t gz);
+
+/* vk_pipeline.c */
+duet_status duet_vk_pipelines_init(vk_ctx *c);
+void duet_vk_pipelines_free(vk_ctx *c);
+duet_status duet_vk_pipeline_get(vk_ctx *c, vk_shader sh, uint32_t spec, VkPipeline *out);
+
+/* vk_ops.c: the op recorders */
+duet_status duet_vk_embed(void *ctx, duet_stream *s, const duet_embed_args *a);
+duet_status duet_vk_rms_norm(void *ctx, duet_stream *s, const duet_rms_norm_args *a);
+duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a);
+duet_status duet_vk_rope(void *ctx, duet_stream *s, const duet_rope_args *a);
+duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args *a);
+duet_status duet_vk_attention(void *ctx, duet_stream *s, const duet_attention_args *a);
+duet_status duet_vk_swiglu(void *ctx, duet_stream *s, const duet_swiglu_args *a);
+duet_status duet_vk_add(void *ctx, duet_stream *s, const duet_add_args *a);
+duet_status duet_vk_gather_rows(void *ctx, duet_stream *s, const duet_gather_rows_args *a);
+
+#endif

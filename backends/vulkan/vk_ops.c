@@ -1,0 +1,373 @@
+/*
+ * vk_ops.c — recording the ops: bind operands, fill push constants, pick
+ * the grid, and split an op into several dispatches where an operand is
+ * larger than one binding (maxStorageBufferRange): matmul and embed over
+ * weight rows, matmul over activation rows, the elementwise ops over
+ * elements, rms_norm over rows.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "error.h"
+#include "vk_internal.h"
+
+enum { MAX_GROUPS_X = 65535, MATMUL_MT = 8, MATMUL_RPW = 4 };
+
+/* A 1-D count of workgroups folded into x and y (group_linear()). */
+static void grid_2d(uint64_t groups, uint32_t *gx, uint32_t *gy)
+{
+    *gx = groups < MAX_GROUPS_X ? (uint32_t)groups : MAX_GROUPS_X;
+    *gy = *gx ? (uint32_t)((groups + *gx - 1) / *gx) : 0;
+}
+
+static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+/* Bind a float/int32 operand: bytes [lo, hi) past a.offset; *words is the
+ * word offset of a.offset + lo inside the binding. */
+static duet_status bind_words(vk_ctx *c, const char *op, const char *name, duet_addr a,
+                              uint64_t lo, uint64_t hi, vk_binding *b, uint32_t *words)
+{
+    uint32_t residual;
+    if (a.offset % 4)
+        return duet_error(DUET_ERR_INVALID_ARG,
+                          "%s: operand '%s' is at offset %zu; Vulkan needs a multiple of 4", op,
+                          name, a.offset);
+    duet_status rc = duet_vk_bind_range(c, op, name, a, lo, hi, b, &residual);
+    *words = residual / 4;
+    return rc;
+}
+
+static vk_binding dummy_binding(const vk_ctx *c)
+{
+    return (vk_binding){c->dummy->chunk[0].buf, 0, VK_WHOLE_SIZE};
+}
+
+/* Weight rows: the byte offset must suit the type's 16/32-bit fields. */
+static duet_status check_weight_offset(const char *op, duet_addr a, duet_dtype t)
+{
+    size_t need = t == DUET_F32 ? 4 : 2;
+    if (a.offset % need)
+        return duet_error(DUET_ERR_INVALID_ARG,
+                          "%s: weights at offset %zu; Vulkan needs a multiple of %zu for this type",
+                          op, a.offset, need);
+    return DUET_OK;
+}
+
+/* ---- elementwise ---------------------------------------------------------------- */
+
+/* Elements per dispatch of an op whose operands all have one float per
+ * element: what one binding holds, in whole workgroups. */
+static uint64_t flat_piece(const vk_ctx *c) { return duet_vk_max_bind(c) / 4 / 256 * 256; }
+
+duet_status duet_vk_add(void *ctx, duet_stream *s, const duet_add_args *a)
+{
+    vk_ctx *c = ctx;
+    duet_status rc = DUET_OK;
+    uint64_t piece = flat_piece(c);
+    for (uint64_t e0 = 0; e0 < (uint64_t)a->n && rc == DUET_OK; e0 += piece) {
+        uint64_t cnt = (uint64_t)a->n - e0 < piece ? (uint64_t)a->n - e0 : piece;
+        vk_binding b[2];
+        struct { uint32_t n, a_off, b_off; } pc = {(uint32_t)cnt, 0, 0};
+        if ((rc = bind_words(c, "add", "a", a->a, 4 * e0, 4 * (e0 + cnt), &b[0], &pc.a_off)) ||
+            (rc = bind_words(c, "add", "b", a->b, 4 * e0, 4 * (e0 + cnt), &b[1], &pc.b_off)))
+            break;
+        uint32_t gx, gy;
+        grid_2d(ceil_div(cnt, 256), &gx, &gy);
+        rc = duet_vk_dispatch(c, s, VK_SH_ADD, 0, b, 2, &pc, sizeof pc, gx, gy, 1);
+    }
+    return rc;
+}
+
+duet_status duet_vk_swiglu(void *ctx, duet_stream *s, const duet_swiglu_args *a)
+{
+    vk_ctx *c = ctx;
+    duet_status rc = DUET_OK;
+    uint64_t n = (uint64_t)a->n_rows * a->dim, piece = flat_piece(c);
+    for (uint64_t e0 = 0; e0 < n && rc == DUET_OK; e0 += piece) {
+        uint64_t cnt = n - e0 < piece ? n - e0 : piece;
+        uint64_t lo = 4 * e0, hi = 4 * (e0 + cnt);
+        vk_binding b[3];
+        struct { uint32_t n, g_off, u_off, o_off; } pc = {(uint32_t)cnt, 0, 0, 0};
+        if ((rc = bind_words(c, "swiglu", "gate", a->gate, lo, hi, &b[0], &pc.g_off)) ||
+            (rc = bind_words(c, "swiglu", "up", a->up, lo, hi, &b[1], &pc.u_off)) ||
+            (rc = bind_words(c, "swiglu", "out", a->out, lo, hi, &b[2], &pc.o_off)))
+            break;
+        uint32_t gx, gy;
+        grid_2d(ceil_div(cnt, 256), &gx, &gy);
+        rc = duet_vk_dispatch(c, s, VK_SH_SWIGLU, 0, b, 3, &pc, sizeof pc, gx, gy, 1);
+    }
+    return rc;
+}
+
+duet_status duet_vk_rms_norm(void *ctx, duet_stream *s, const duet_rms_norm_args *a)
+{
+    vk_ctx *c = ctx;
+    duet_status rc = DUET_OK;
+    uint64_t row = 4ull * a->dim;
+    uint64_t rows = duet_vk_max_bind(c) / row;
+    if (rows == 0)
+        return duet_error(DUET_ERR_UNSUPPORTED,
+                          "rms_norm: a row of %d floats exceeds this device's binding limit", a->dim);
+    for (uint64_t r0 = 0; r0 < (uint64_t)a->n_rows && rc == DUET_OK; r0 += rows) {
+        uint64_t cnt = (uint64_t)a->n_rows - r0 < rows ? (uint64_t)a->n_rows - r0 : rows;
+        vk_binding b[3];
+        struct { uint32_t n_rows, dim; float eps; uint32_t x_off, w_off, y_off; } pc = {
+            (uint32_t)cnt, (uint32_t)a->dim, a->eps, 0, 0, 0};
+        if ((rc = bind_words(c, "rms_norm", "x", a->x, r0 * row, (r0 + cnt) * row, &b[0],
+                             &pc.x_off)) ||
+            (rc = bind_words(c, "rms_norm", "weight", a->weight, 0, row, &b[1], &pc.w_off)) ||
+            (rc = bind_words(c, "rms_norm", "out", a->out, r0 * row, (r0 + cnt) * row, &b[2],
+                             &pc.y_off)))
+            break;
+        uint32_t gx, gy;
+        grid_2d(cnt, &gx, &gy);
+        rc = duet_vk_dispatch(c, s, VK_SH_RMS_NORM, 0, b, 3, &pc, sizeof pc, gx, gy, 1);
+    }
+    return rc;
+}
+
+duet_status duet_vk_gather_rows(void *ctx, duet_stream *s, const duet_gather_rows_args *a)
+{
+    vk_ctx *c = ctx;
+    duet_status rc;
+    vk_binding b[3];
+    struct { uint32_t n_in, n_out, dim, x_off, r_off, o_off; } pc = {
+        (uint32_t)a->n_in, (uint32_t)a->n_out, (uint32_t)a->dim, 0, 0, 0};
+    if ((rc = bind_words(c, "gather_rows", "x", a->x, 0, 4ull * a->n_in * a->dim, &b[0],
+                         &pc.x_off)) ||
+        (rc = bind_words(c, "gather_rows", "rows", a->rows, 0, 4ull * a->n_out, &b[1],
+                         &pc.r_off)) ||
+        (rc = bind_words(c, "gather_rows", "out", a->out, 0, 4ull * a->n_out * a->dim, &b[2],
+                         &pc.o_off)))
+        return rc;
+    uint32_t gx, gy;
+    grid_2d(ceil_div((uint64_t)a->n_out * a->dim, 256), &gx, &gy);
+    return duet_vk_dispatch(c, s, VK_SH_GATHER_ROWS, 0, b, 3, &pc, sizeof pc, gx, gy, 1);
+}
+
+/* ---- weights: embed and matmul ------------------------------------------------------ */
+
+duet_status duet_vk_embed(void *ctx, duet_stream *s, const duet_embed_args *a)
+{
+    vk_ctx *c = ctx;
+    duet_status rc = check_weight_offset("embed", a->table, a->table_type);
+    uint64_t row_bytes = duet_dtype_row_bytes(a->table_type, a->dim);
+    uint64_t rows = duet_vk_max_bind(c) / row_bytes;
+    if (rc)
+        return rc;
+    if (rows == 0)
+        return duet_error(DUET_ERR_UNSUPPORTED,
+                          "embed: a table row of %llu bytes exceeds this device's binding limit",
+                          (unsigned long long)row_bytes);
+    uint32_t units = (uint32_t)ceil_div((uint64_t)a->dim, 32);
+    /* Every piece covers all tokens; each writes the tokens whose id it holds. */
+    for (uint64_t v0 = 0; v0 < (uint64_t)a->vocab && rc == DUET_OK; v0 += rows) {
+        uint64_t v1 = v0 + rows < (uint64_t)a->vocab ? v0 + rows : (uint64_t)a->vocab;
+        uint32_t t_res;
+        vk_binding b[4];
+        struct {
+            uint32_t n_tokens, vocab, dim, v0, v1, first, ids_off, t_off, o_off, row_bytes, units;
+            uint32_t n_prev, prev_off;
+        } pc = {(uint32_t)a->n_tokens, (uint32_t)a->vocab, (uint32_t)a->dim, (uint32_t)v0,
+                (uint32_t)v1, v0 == 0, 0, 0, 0, (uint32_t)row_bytes, units,
+                a->prev_tokens.buf ? (uint32_t)a->n_prev : 0, 0};
+        if ((rc = bind_words(c, "embed", "ids", a->ids, 0, 4ull * a->n_tokens, &b[0],
+                             &pc.ids_off)) ||
+            (rc = duet_vk_bind_range(c, "embed", "table", a->table, v0 * row_bytes,
+                                     v1 * row_bytes, &b[1], &t_res)) ||
+            (rc = bind_words(c, "embed", "out", a->out, 0, 4ull * a->n_tokens * a->dim, &b[2],
+                             &pc.o_off)))
+            break;
+        pc.t_off = t_res;
+        if (pc.n_prev)
+            rc = bind_words(c, "embed", "prev_tokens", a->prev_tokens, 0, 4ull * a->n_prev, &b[3],
+                            &pc.prev_off);
+        else
+            b[3] = dummy_binding(c);
+        if (rc)
+            break;
+        uint32_t gx, gy;
+        grid_2d(ceil_div((uint64_t)a->n_tokens * units, 64), &gx, &gy);
+        rc = duet_vk_dispatch(c, s, VK_SH_EMBED, (uint32_t)a->table_type, b, 4, &pc, sizeof pc,
+                              gx, gy, 1);
+    }
+    return rc;
+}
+
+duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
+{
+    vk_ctx *c = ctx;
+    duet_status rc = check_weight_offset("matmul", a->w, a->w_type);
+    uint64_t row_bytes = duet_dtype_row_bytes(a->w_type, a->k);
+    uint64_t max_words = duet_vk_max_bind(c) / 4;
+    uint64_t n_piece = duet_vk_max_bind(c) / row_bytes;
+    if (rc)
+        return rc;
+    if (n_piece == 0 || (uint64_t)a->k > max_words)
+        return duet_error(DUET_ERR_UNSUPPORTED,
+                          "matmul: a row of k = %d exceeds this device's binding limit", a->k);
+    if (n_piece > (uint64_t)a->n)
+        n_piece = (uint64_t)a->n;
+    for (uint64_t n0 = 0; n0 < (uint64_t)a->n && rc == DUET_OK; n0 += n_piece) {
+        uint64_t nc = (uint64_t)a->n - n0 < n_piece ? (uint64_t)a->n - n0 : n_piece;
+        /* Activation rows per dispatch: x and the out block must each fit. */
+        uint64_t m_piece = max_words / (uint64_t)a->k;
+        uint64_t by_out = (max_words - nc) / (uint64_t)a->n + 1;
+        if (by_out < m_piece)
+            m_piece = by_out;
+        if (m_piece > (uint64_t)MAX_GROUPS_X * MATMUL_MT)
+            m_piece = (uint64_t)MAX_GROUPS_X * MATMUL_MT;
+        for (uint64_t m0 = 0; m0 < (uint64_t)a->n_rows && rc == DUET_OK; m0 += m_piece) {
+            uint64_t mc = (uint64_t)a->n_rows - m0 < m_piece ? (uint64_t)a->n_rows - m0 : m_piece;
+            vk_binding b[4];
+            uint32_t w_res;
+            struct {
+                uint32_t m, k, n, x_off, w_off, b_off, o_off, o_stride, row_bytes, has_bias, units;
+            } pc = {(uint32_t)mc, (uint32_t)a->k, (uint32_t)nc, 0, 0, 0, 0, (uint32_t)a->n,
+                    (uint32_t)row_bytes, a->bias.buf != NULL, (uint32_t)ceil_div(a->k, 32)};
+            uint64_t x_lo = m0 * a->k * 4, x_hi = (m0 + mc) * a->k * 4;
+            uint64_t o_lo = (m0 * a->n + n0) * 4, o_hi = ((m0 + mc - 1) * a->n + n0 + nc) * 4;
+            if ((rc = bind_words(c, "matmul", "x", a->x, x_lo, x_hi, &b[0], &pc.x_off)) ||
+                (rc = duet_vk_bind_range(c, "matmul", "w", a->w, n0 * row_bytes,
+                                         (n0 + nc) * row_bytes, &b[1], &w_res)) ||
+                (rc = bind_words(c, "matmul", "out", a->out, o_lo, o_hi, &b[3], &pc.o_off)))
+                break;
+            pc.w_off = w_res;
+            if (a->bias.buf)
+                rc = bind_words(c, "matmul", "bias", a->bias, n0 * 4, (n0 + nc) * 4, &b[2],
+                                &pc.b_off);
+            else
+                b[2] = dummy_binding(c);
+            if (rc)
+                break;
+            int per_output = c->caps.per_output_matmul;
+            uint64_t groups = per_output ? ceil_div(ceil_div(mc, MATMUL_MT) * nc, 64)
+                                         : ceil_div(nc, MATMUL_RPW);
+            uint32_t gx = groups < MAX_GROUPS_X ? (uint32_t)groups : MAX_GROUPS_X;
+            uint32_t gz = (uint32_t)ceil_div(groups, gx);
+            uint32_t gy = per_output ? 1 : (uint32_t)ceil_div(mc, MATMUL_MT);
+            rc = duet_vk_dispatch(c, s, VK_SH_MATMUL, (uint32_t)a->w_type + 32u * per_output, b,
+                                  4, &pc, sizeof pc, gx, gy, gz);
+        }
+    }
+    return rc;
+}
+
+/* ---- rope, KV cache, attention ------------------------------------------------------ */
+
+duet_status duet_vk_rope(void *ctx, duet_stream *s, const duet_rope_args *a)
+{
+    vk_ctx *c = ctx;
+    duet_status rc;
+    int half = a->rot_dim / 2;
+    vk_binding b[5];
+    void *host;
+    struct {
+        uint32_t n_tokens, n_heads, n_kv_heads, head_dim, rot_dim, neox, has_factors;
+        uint32_t q_off, k_off, p_off, f_off, t_off;
+    } pc = {(uint32_t)a->n_tokens, (uint32_t)a->n_heads, (uint32_t)a->n_kv_heads,
+            (uint32_t)a->head_dim, (uint32_t)a->rot_dim, a->mode == DUET_ROPE_NEOX,
+            a->freq_factors.buf != NULL, 0, 0, 0, 0, 0};
+    uint64_t t = (uint64_t)a->n_tokens;
+    if ((rc = bind_words(c, "rope", "q", a->q, 0, 4 * t * a->n_heads * a->head_dim, &b[0],
+                         &pc.q_off)) ||
+        (rc = bind_words(c, "rope", "k", a->k, 0, 4 * t * a->n_kv_heads * a->head_dim, &b[1],
+                         &pc.k_off)) ||
+        (rc = bind_words(c, "rope", "positions", a->positions, 0, 4 * t, &b[2], &pc.p_off)))
+        return rc;
+    if (a->freq_factors.buf)
+        rc = bind_words(c, "rope", "freq_factors", a->freq_factors, 0, 4ull * half, &b[3],
+                        &pc.f_off);
+    else
+        b[3] = dummy_binding(c);
+    /* The inverse frequencies in double, as the CPU computes them, split
+     * into float pairs (hi, lo). */
+    if (rc || (rc = duet_vk_stream_scratch(c, s, 8ull * half, &b[4], &host)))
+        return rc;
+    float *tab = host;
+    for (int i = 0; i < half; i++) {
+        double f = pow(a->theta_base, -2.0 * i / a->rot_dim);
+        tab[2 * i] = (float)f;
+        tab[2 * i + 1] = (float)(f - (double)tab[2 * i]);
+    }
+    uint32_t gx, gy;
+    grid_2d(ceil_div(t * (a->n_heads + a->n_kv_heads) * half, 256), &gx, &gy);
+    return duet_vk_dispatch(c, s, VK_SH_ROPE, 0, b, 5, &pc, sizeof pc, gx, gy, 1);
+}
+
+static uint64_t cache_bytes(duet_dtype t, int num_blocks, int block_size, int n_kv, int hd)
+{
+    return (t == DUET_F16 ? 2ull : 4ull) * num_blocks * block_size * n_kv * hd;
+}
+
+duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args *a)
+{
+    vk_ctx *c = ctx;
+    duet_status rc;
+    uint64_t row = (uint64_t)a->n_kv_heads * a->head_dim;
+    int f16 = a->cache_type == DUET_F16;
+    if (f16 && row % 2)
+        return duet_error(DUET_ERR_UNSUPPORTED,
+                          "kv_write: an F16 cache row of n_kv_heads %d x head_dim %d is odd; "
+                          "Vulkan stores halves in pairs",
+                          a->n_kv_heads, a->head_dim);
+    uint64_t cache = cache_bytes(a->cache_type, a->num_blocks, a->block_size, a->n_kv_heads,
+                                 a->head_dim);
+    vk_binding b[5];
+    struct { uint32_t n_tokens, row, n_slots, k_off, v_off, s_off, kc_off, vc_off; } pc = {
+        (uint32_t)a->n_tokens, (uint32_t)row, (uint32_t)(a->num_blocks * a->block_size),
+        0, 0, 0, 0, 0};
+    uint64_t t = (uint64_t)a->n_tokens;
+    if ((rc = bind_words(c, "kv_write", "k", a->k, 0, 4 * t * row, &b[0], &pc.k_off)) ||
+        (rc = bind_words(c, "kv_write", "v", a->v, 0, 4 * t * row, &b[1], &pc.v_off)) ||
+        (rc = bind_words(c, "kv_write", "slot_mapping", a->slot_mapping, 0, 4 * t, &b[2],
+                         &pc.s_off)) ||
+        (rc = bind_words(c, "kv_write", "k_cache", a->k_cache, 0, cache, &b[3], &pc.kc_off)) ||
+        (rc = bind_words(c, "kv_write", "v_cache", a->v_cache, 0, cache, &b[4], &pc.vc_off)))
+        return rc;
+    uint32_t gx, gy;
+    grid_2d(ceil_div(t * (f16 ? row / 2 : row), 256), &gx, &gy);
+    return duet_vk_dispatch(c, s, VK_SH_KV_WRITE, (uint32_t)f16, b, 5, &pc, sizeof pc, gx, gy,
+                            1);
+}
+
+duet_status duet_vk_attention(void *ctx, duet_stream *s, const duet_attention_args *a)
+{
+    vk_ctx *c = ctx;
+    duet_status rc;
+    if (a->head_dim > 256)
+        return duet_error(DUET_ERR_UNSUPPORTED,
+                          "attention: head_dim %d; the Vulkan kernel handles at most 256",
+                          a->head_dim);
+    if (a->n_heads > MAX_GROUPS_X)
+        return duet_error(DUET_ERR_UNSUPPORTED, "attention: n_heads %d exceeds %d", a->n_heads,
+                          MAX_GROUPS_X);
+    uint64_t cache = cache_bytes(a->cache_type, a->num_blocks, a->block_size, a->n_kv_heads,
+                                 a->head_dim);
+    uint64_t qbytes = 4ull * a->n_tokens * a->n_heads * a->head_dim;
+    vk_binding b[7];
+    struct {
+        uint32_t n_tokens, n_seqs, n_heads, n_kv_heads, head_dim;
+        uint32_t num_blocks, block_size, max_blocks;
+        float scale;
+        uint32_t q_off, k_off, v_off, bt_off, sl_off, qsl_off, o_off;
+    } pc = {(uint32_t)a->n_tokens, (uint32_t)a->n_seqs, (uint32_t)a->n_heads,
+            (uint32_t)a->n_kv_heads, (uint32_t)a->head_dim, (uint32_t)a->num_blocks,
+            (uint32_t)a->block_size, (uint32_t)a->max_blocks_per_seq, a->scale,
+            0, 0, 0, 0, 0, 0, 0};
+    if ((rc = bind_words(c, "attention", "q", a->q, 0, qbytes, &b[0], &pc.q_off)) ||
+        (rc = bind_words(c, "attention", "k_cache", a->k_cache, 0, cache, &b[1], &pc.k_off)) ||
+        (rc = bind_words(c, "attention", "v_cache", a->v_cache, 0, cache, &b[2], &pc.v_off)) ||
+        (rc = bind_words(c, "attention", "block_tables", a->block_tables, 0,
+                         4ull * a->n_seqs * a->max_blocks_per_seq, &b[3], &pc.bt_off)) ||
+        (rc = bind_words(c, "attention", "seq_lens", a->seq_lens, 0, 4ull * a->n_seqs, &b[4],
+                         &pc.sl_off)) ||
+        (rc = bind_words(c, "attention", "query_start_loc", a->query_start_loc, 0,
+                         4ull * (a->n_seqs + 1), &b[5], &pc.qsl_off)) ||
+        (rc = bind_words(c, "attention", "out", a->out, 0, qbytes, &b[6], &pc.o_off)))
+        return rc;
+    uint32_t gy = a->n_tokens < MAX_GROUPS_X ? (uint32_t)a->n_tokens : MAX_GROUPS_X;
+    uint32_t gz = (uint32_t)ceil_div((uint64_t)a->n_tokens, gy);
+    return duet_vk_dispatch(c, s, VK_SH_ATTENTION, a->cache_type == DUET_F16, b, 7, &pc,
+                            sizeof pc, (uint32_t)a->n_heads, gy, gz);
+}

@@ -1,0 +1,365 @@
+/*
+ * vk_stream.c — streams: one command buffer per recording, a fence for
+ * completion, host-visible staging for uploads (copied at record time, so
+ * the caller may reuse its memory at once) and downloads (copied out when
+ * wait returns), descriptor sets from per-stream pools reset at begin.
+ *
+ * Ordering: a full memory barrier (compute + transfer, reads and writes)
+ * precedes every command, so dependent ops always see each other's
+ * results, within a stream and across streams in submission order. Correct first; refining it to real hazards is later
+ * work (docs/VULKAN.md).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "vk_internal.h"
+
+static duet_status vk_check(VkResult vr, const char *what)
+{
+    if (vr == VK_SUCCESS)
+        return DUET_OK;
+    return duet_error(duet_vk_status(vr), "Vulkan: %s: %s", what, duet_vk_result_name(vr));
+}
+
+duet_status duet_vk_stream_create(void *ctx, duet_stream **out)
+{
+    vk_ctx *c = ctx;
+    duet_status rc;
+    *out = NULL;
+    duet_stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return duet_error(DUET_ERR_OUT_OF_MEMORY, "Vulkan: out of memory for a stream");
+    VkCommandPoolCreateInfo pci = {
+        .sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+        .flags = VK_COMMAND_POOL_CREATE_TRANSIENT_BIT,
+        .queueFamilyIndex = c->caps.queue_family,
+    };
+    if ((rc = vk_check(c->fd.vkCreateCommandPool(c->dev, &pci, NULL, &s->pool),
+                       "creating a command pool")))
+        goto out_free;
+    VkCommandBufferAllocateInfo cai = {
+        .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+        .commandPool = s->pool,
+        .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+        .commandBufferCount = 1,
+    };
+    if ((rc = vk_check(c->fd.vkAllocateCommandBuffers(c->dev, &cai, &s->cb),
+                       "allocating a command buffer")))
+        goto out_free;
+    VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    if ((rc = vk_check(c->fd.vkCreateFence(c->dev, &fci, NULL, &s->fence), "creating a fence")))
+        goto out_free;
+    *out = s;
+    return DUET_OK;
+
+out_free:
+    duet_vk_stream_destroy(c, s);
+    return rc;
+}
+
+void duet_vk_stream_destroy(void *ctx, duet_stream *s)
+{
+    vk_ctx *c = ctx;
+    if (!s)
+        return;
+    if (s->state == VK_STREAM_SUBMITTED)
+        c->fd.vkWaitForFences(c->dev, 1, &s->fence, VK_TRUE, UINT64_MAX);
+    for (int i = 0; i < s->n_staging; i++)
+        duet_vk_raw_buffer_free(c, s->staging[i].buf, s->staging[i].mem);
+    for (int i = 0; i < s->n_dpools; i++)
+        c->fd.vkDestroyDescriptorPool(c->dev, s->dpools[i], NULL);
+    if (s->fence)
+        c->fd.vkDestroyFence(c->dev, s->fence, NULL);
+    if (s->pool)
+        c->fd.vkDestroyCommandPool(c->dev, s->pool, NULL); /* frees cb */
+    free(s->staging);
+    free(s->dpools);
+    free(s->downloads);
+    free(s);
+}
+
+duet_status duet_vk_stream_begin(void *ctx, duet_stream *s)
+{
+    vk_ctx *c = ctx;
+    duet_status rc;
+    /* A begin while the last submission runs waits for it (as on the CPU). */
+    if (s->state == VK_STREAM_SUBMITTED && (rc = duet_vk_stream_wait(c, s)))
+        return rc;
+    if (s->state == VK_STREAM_RECORDING)
+        c->fd.vkEndCommandBuffer(s->cb); /* abandon the unfinished recording */
+    s->state = VK_STREAM_IDLE;
+    if ((rc = vk_check(c->fd.vkResetCommandPool(c->dev, s->pool, 0), "resetting a command pool")))
+        return rc;
+    for (int i = 0; i < s->n_dpools; i++)
+        c->fd.vkResetDescriptorPool(c->dev, s->dpools[i], 0);
+    s->cur_dpool = 0;
+    s->sets_in_cur = 0;
+    for (int i = 0; i < s->n_staging; i++)
+        s->staging[i].used = 0;
+    s->n_downloads = 0;
+    s->n_commands = 0;
+    VkCommandBufferBeginInfo bi = {
+        .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+        .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT,
+    };
+    if ((rc = vk_check(c->fd.vkBeginCommandBuffer(s->cb, &bi), "beginning a command buffer")))
+        return rc;
+    s->state = VK_STREAM_RECORDING;
+    return DUET_OK;
+}
+
+static duet_status require_recording(const duet_stream *s)
+{
+    if (s->state != VK_STREAM_RECORDING)
+        return duet_error(DUET_ERR_INVALID_ARG,
+                          "Vulkan: recording into a stream outside stream_begin..stream_submit");
+    return DUET_OK;
+}
+
+/* Order the next command after everything submitted before it: a barrier's
+ * first scope covers earlier submissions to the queue too, so the first
+ * command of a stream also waits for the streams submitted before (the
+ * order device.h promises). */
+static void barrier(vk_ctx *c, duet_stream *s)
+{
+    s->n_commands++;
+    VkMemoryBarrier mb = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+        .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                         VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+    };
+    VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+    c->fd.vkCmdPipelineBarrier(s->cb, st, st, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+duet_status duet_vk_stream_submit(void *ctx, duet_stream *s)
+{
+    vk_ctx *c = ctx;
+    duet_status rc = require_recording(s);
+    if (rc)
+        return duet_error(DUET_ERR_INVALID_ARG,
+                          "Vulkan: stream_submit without a stream_begin since the last submit");
+    /* Make every device write visible to the host reading staging. */
+    VkMemoryBarrier mb = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+        .dstAccessMask = VK_ACCESS_HOST_READ_BIT,
+    };
+    c->fd.vkCmdPipelineBarrier(s->cb,
+                               VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                               VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    s->state = VK_STREAM_IDLE;
+    if ((rc = vk_check(c->fd.vkEndCommandBuffer(s->cb), "ending a command buffer")))
+        return rc;
+    if ((rc = vk_check(c->fd.vkResetFences(c->dev, 1, &s->fence), "resetting a fence")))
+        return rc;
+    VkSubmitInfo si = {
+        .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+        .commandBufferCount = 1,
+        .pCommandBuffers = &s->cb,
+    };
+    pthread_mutex_lock(&c->queue_lock);
+    VkResult vr = c->fd.vkQueueSubmit(c->queue, 1, &si, s->fence);
+    pthread_mutex_unlock(&c->queue_lock);
+    if ((rc = vk_check(vr, "submitting a stream")))
+        return rc;
+    s->state = VK_STREAM_SUBMITTED;
+    return DUET_OK;
+}
+
+duet_status duet_vk_stream_wait(void *ctx, duet_stream *s)
+{
+    vk_ctx *c = ctx;
+    if (s->state != VK_STREAM_SUBMITTED)
+        return DUET_OK;
+    VkResult vr = c->fd.vkWaitForFences(c->dev, 1, &s->fence, VK_TRUE, UINT64_MAX);
+    s->state = VK_STREAM_IDLE;
+    duet_status rc = vk_check(vr, "waiting for a stream");
+    if (rc)
+        return rc;
+    for (int i = 0; i < s->n_downloads; i++)
+        memcpy(s->downloads[i].dst, s->downloads[i].src, s->downloads[i].n);
+    s->n_downloads = 0;
+    return DUET_OK;
+}
+
+duet_status duet_vk_stream_scratch(vk_ctx *c, duet_stream *s, size_t n, vk_binding *binding,
+                                   void **host)
+{
+    size_t align = c->caps.min_storage_align > 16 ? c->caps.min_storage_align : 16;
+    vk_staging *st = NULL;
+    size_t at = 0;
+    for (int i = 0; i < s->n_staging && !st; i++) {
+        at = (s->staging[i].used + align - 1) / align * align;
+        if (at + n <= s->staging[i].size)
+            st = &s->staging[i];
+    }
+    if (!st) {
+        if (s->n_staging == s->cap_staging) {
+            int cap = s->cap_staging ? 2 * s->cap_staging : 4;
+            vk_staging *grown = realloc(s->staging, cap * sizeof *grown);
+            if (!grown)
+                return duet_error(DUET_ERR_OUT_OF_MEMORY, "Vulkan: out of memory for staging");
+            s->staging = grown;
+            s->cap_staging = cap;
+        }
+        st = &s->staging[s->n_staging];
+        memset(st, 0, sizeof *st);
+        st->size = n > VK_STAGING_BLOCK ? (n + align - 1) / align * align : VK_STAGING_BLOCK;
+        void *map;
+        duet_status rc = duet_vk_raw_buffer(c, st->size, c->mem_host, &st->buf, &st->mem, &map);
+        if (rc)
+            return duet_error_wrap(rc, "Vulkan: staging for %zu bytes", n);
+        st->map = map;
+        s->n_staging++;
+        at = 0;
+    }
+    st->used = at + n;
+    binding->buf = st->buf;
+    binding->offset = at;
+    binding->range = (n + 3) & ~(size_t)3;
+    *host = st->map + at;
+    return DUET_OK;
+}
+
+/* Copy src into staging, then into every chunk copy of [dst, dst + n). */
+duet_status duet_vk_upload(void *ctx, duet_stream *s, duet_addr dst, const void *src, size_t n)
+{
+    vk_ctx *c = ctx;
+    duet_status rc = require_recording(s);
+    vk_binding st;
+    void *host;
+    if (rc || (rc = duet_vk_stream_scratch(c, s, n, &st, &host)))
+        return rc;
+    memcpy(host, src, n);
+    barrier(c, s);
+    const duet_buffer *b = dst.buf;
+    uint64_t lo = dst.offset, hi = dst.offset + n;
+    for (uint32_t i = 0; i < b->n_chunks; i++) {
+        const vk_chunk *ch = &b->chunk[i];
+        uint64_t a = lo > ch->start ? lo : ch->start;
+        uint64_t e = hi < ch->start + ch->size ? hi : ch->start + ch->size;
+        if (a >= e)
+            continue;
+        VkBufferCopy r = {.srcOffset = st.offset + (a - lo), .dstOffset = a - ch->start,
+                          .size = e - a};
+        c->fd.vkCmdCopyBuffer(s->cb, st.buf, ch->buf, 1, &r);
+    }
+    return DUET_OK;
+}
+
+duet_status duet_vk_download(void *ctx, duet_stream *s, duet_addr src, void *dst, size_t n)
+{
+    vk_ctx *c = ctx;
+    duet_status rc = require_recording(s);
+    vk_binding st;
+    void *host;
+    if (rc || (rc = duet_vk_stream_scratch(c, s, n, &st, &host)))
+        return rc;
+    if (s->n_downloads == s->cap_downloads) {
+        int cap = s->cap_downloads ? 2 * s->cap_downloads : 16;
+        vk_download *grown = realloc(s->downloads, cap * sizeof *grown);
+        if (!grown)
+            return duet_error(DUET_ERR_OUT_OF_MEMORY, "Vulkan: out of memory for downloads");
+        s->downloads = grown;
+        s->cap_downloads = cap;
+    }
+    barrier(c, s);
+    const duet_buffer *b = src.buf;
+    uint64_t stride = c->chunk_cap - c->halo;
+    for (size_t done = 0; done < n;) {
+        uint64_t at = src.offset + done;
+        uint64_t i = at / stride;
+        const vk_chunk *ch = &b->chunk[i < b->n_chunks ? i : b->n_chunks - 1];
+        uint64_t end = ch->start + ch->size;
+        size_t piece = n - done < end - at ? n - done : (size_t)(end - at);
+        VkBufferCopy r = {.srcOffset = at - ch->start, .dstOffset = st.offset + done,
+                          .size = piece};
+        c->fd.vkCmdCopyBuffer(s->cb, ch->buf, st.buf, 1, &r);
+        done += piece;
+    }
+    s->downloads[s->n_downloads++] = (vk_download){dst, host, n};
+    return DUET_OK;
+}
+
+/* A descriptor set from the stream's pools (a new pool when all are full). */
+static duet_status alloc_set(vk_ctx *c, duet_stream *s, VkDescriptorSet *set)
+{
+    if (s->cur_dpool < s->n_dpools && s->sets_in_cur == VK_SETS_PER_POOL) {
+        s->cur_dpool++;
+        s->sets_in_cur = 0;
+    }
+    if (s->cur_dpool == s->n_dpools) {
+        if (s->n_dpools == s->cap_dpools) {
+            int cap = s->cap_dpools ? 2 * s->cap_dpools : 4;
+            VkDescriptorPool *grown = realloc(s->dpools, cap * sizeof *grown);
+            if (!grown)
+                return duet_error(DUET_ERR_OUT_OF_MEMORY, "Vulkan: out of memory for pools");
+            s->dpools = grown;
+            s->cap_dpools = cap;
+        }
+        VkDescriptorPoolSize size = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                     VK_SETS_PER_POOL * VK_MAX_BINDINGS};
+        VkDescriptorPoolCreateInfo dpci = {
+            .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
+            .maxSets = VK_SETS_PER_POOL,
+            .poolSizeCount = 1,
+            .pPoolSizes = &size,
+        };
+        duet_status rc = vk_check(
+            c->fd.vkCreateDescriptorPool(c->dev, &dpci, NULL, &s->dpools[s->n_dpools]),
+            "creating a descriptor pool");
+        if (rc)
+            return rc;
+        s->n_dpools++;
+        s->sets_in_cur = 0;
+    }
+    VkDescriptorSetAllocateInfo dsai = {
+        .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+        .descriptorPool = s->dpools[s->cur_dpool],
+        .descriptorSetCount = 1,
+        .pSetLayouts = &c->set_layout,
+    };
+    s->sets_in_cur++;
+    return vk_check(c->fd.vkAllocateDescriptorSets(c->dev, &dsai, set),
+                    "allocating a descriptor set");
+}
+
+duet_status duet_vk_dispatch(vk_ctx *c, duet_stream *s, vk_shader sh, uint32_t spec,
+                             const vk_binding *b, int nb, const void *pc, uint32_t pc_size,
+                             uint32_t gx, uint32_t gy, uint32_t gz)
+{
+    duet_status rc = require_recording(s);
+    VkPipeline pipe;
+    VkDescriptorSet set;
+    if (rc || (rc = duet_vk_pipeline_get(c, sh, spec, &pipe)) || (rc = alloc_set(c, s, &set)))
+        return rc;
+    VkDescriptorBufferInfo info[VK_MAX_BINDINGS];
+    VkWriteDescriptorSet w[VK_MAX_BINDINGS];
+    for (int i = 0; i < VK_MAX_BINDINGS; i++) {
+        if (i < nb)
+            info[i] = (VkDescriptorBufferInfo){b[i].buf, b[i].offset, b[i].range};
+        else
+            info[i] = (VkDescriptorBufferInfo){c->dummy->chunk[0].buf, 0, VK_WHOLE_SIZE};
+        w[i] = (VkWriteDescriptorSet){
+            .sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+            .dstSet = set,
+            .dstBinding = (uint32_t)i,
+            .descriptorCount = 1,
+            .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+            .pBufferInfo = &info[i],
+        };
+    }
+    c->fd.vkUpdateDescriptorSets(c->dev, VK_MAX_BINDINGS, w, 0, NULL);
+    barrier(c, s);
+    c->fd.vkCmdBindPipeline(s->cb, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+    c->fd.vkCmdBindDescriptorSets(s->cb, VK_PIPELINE_BIND_POINT_COMPUTE, c->pipe_layout, 0, 1,
+                                  &set, 0, NULL);
+    if (pc_size)
+        c->fd.vkCmdPushConstants(s->cb, c->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, pc_size,
+                                 pc);
+    c->fd.vkCmdDispatch(s->cb, gx, gy, gz);
+    return DUET_OK;
+}

@@ -1,0 +1,876 @@
+/*
+ * test_vulkan_ops.c — the Vulkan backend against the CPU reference kernels
+ * (force_reference), op by op, through the device wrappers: random inputs,
+ * outputs poisoned with NaN first, compared by NMSE (1e-7 elementwise,
+ * 5e-4 matmul and attention) or bit for bit where the CPU is exact
+ * (embed, gather_rows, kv_write), NaN positions compared too. Includes a
+ * 160 MiB weight (more than lavapipe's 128 MiB maxStorageBufferRange) and
+ * a chain of ops in one recording.
+ *
+ * Runs with the Khronos validation layer (DUET_VK_VALIDATION=1 unless the
+ * environment says otherwise) and fails on any validation message.
+ * Exits 77 (skipped) when there is no Vulkan device.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "device.h"
+#include "dtype.h"
+#include "vk_internal.h" /* struct duet_buffer: to check the chunked case is reached */
+#include "vulkan_backend.h"
+
+typedef struct side {
+    duet_device *d;
+    duet_stream *s;
+} side;
+
+static side cpu, vk;
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+static uint32_t rand32(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 32);
+}
+static float frand(void) { return (float)(rand32() >> 8) / (float)(1 << 24) * 2.0f - 1.0f; }
+
+static float *frand_array(size_t n, float scale)
+{
+    float *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = frand() * scale;
+    return x;
+}
+
+/* A buffer on side x holding src, or n bytes of NaN when src is NULL. */
+static duet_buffer *mk(side *x, const void *src, size_t n)
+{
+    duet_buffer *b = NULL;
+    assert_int_equal(duet_dev_buffer_alloc(x->d, n, &b), DUET_OK);
+    void *fill = NULL;
+    if (!src) {
+        fill = malloc(n + 4);
+        for (size_t i = 0; i < n / 4 + 1; i++)
+            ((float *)fill)[i] = NAN;
+        src = fill;
+    }
+    assert_int_equal(duet_dev_buffer_write(x->d, (duet_addr){b, 0}, src, n), DUET_OK);
+    free(fill);
+    return b;
+}
+
+static duet_addr at(duet_buffer *b) { return (duet_addr){b, 0}; }
+static duet_addr none(void) { return (duet_addr){NULL, 0}; }
+
+static void begin(side *x) { assert_int_equal(duet_dev_stream_begin(x->d, x->s), DUET_OK); }
+
+/* Download n bytes of b into dst (poisoned first), submit and wait. */
+static void finish(side *x, duet_buffer *b, void *dst, size_t n)
+{
+    memset(dst, 0xff, n);
+    assert_int_equal(duet_dev_download(x->d, x->s, at(b), dst, n), DUET_OK);
+    assert_int_equal(duet_dev_stream_submit(x->d, x->s), DUET_OK);
+    assert_int_equal(duet_dev_stream_wait(x->d, x->s), DUET_OK);
+}
+
+static void free_bufs(side *x, duet_buffer **b, int n)
+{
+    for (int i = 0; i < n; i++)
+        duet_dev_buffer_free(x->d, b[i]);
+}
+
+/* NaN where the reference has NaN, finite where it is finite, and NMSE
+ * over the finite elements within limit. */
+static void assert_match(const char *what, const float *got, const float *want, size_t n,
+                         double limit)
+{
+    double num = 0.0, den = 0.0, worst = 0.0;
+    size_t worst_at = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(want[i]) != isnan(got[i]) || (!isnan(want[i]) && !isfinite(got[i])))
+            fail_msg("%s: element %zu of %zu is %g, the CPU has %g", what, i, n, got[i], want[i]);
+        if (isnan(want[i]))
+            continue;
+        double e = (double)got[i] - want[i];
+        if (fabs(e) > worst) {
+            worst = fabs(e);
+            worst_at = i;
+        }
+        num += e * e;
+        den += (double)want[i] * want[i];
+    }
+    double nmse = den > 0 ? num / den : num;
+    if (getenv("DUET_TEST_VERBOSE"))
+        fprintf(stderr, "  %-48s NMSE %.3g (limit %.0e)\n", what, nmse, limit);
+    if (!(nmse <= limit))
+        fail_msg("%s: NMSE %.3g exceeds %.3g over %zu elements (worst: element %zu, %.9g vs "
+                 "%.9g)",
+                 what, nmse, limit, n, worst_at, got[worst_at], want[worst_at]);
+}
+
+/* Bit-identical, NaNs compared as NaN. */
+static void assert_same(const char *what, const float *got, const float *want, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(want[i]) && isnan(got[i]))
+            continue;
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+            fail_msg("%s: element %zu of %zu is %.9g, the CPU has %.9g", what, i, n, got[i],
+                     want[i]);
+    }
+}
+
+static void check_validation(void)
+{
+    int n = duet_vulkan_validation_errors(vk.d);
+    if (n != 0)
+        fail_msg("the Vulkan validation layer reported %d message(s) (see stderr)", n);
+}
+
+/* ---- weights ------------------------------------------------------------------ */
+
+static const duet_dtype weight_types[] = {DUET_F32,  DUET_F16,  DUET_BF16, DUET_Q8_0, DUET_Q4_0,
+                                          DUET_Q4_1, DUET_Q4_K, DUET_Q5_K, DUET_Q6_K};
+enum { N_WEIGHT_TYPES = sizeof weight_types / sizeof weight_types[0] };
+
+static void put_half(uint8_t *p, float v)
+{
+    uint16_t h = duet_f32_to_f16(v);
+    p[0] = (uint8_t)h;
+    p[1] = (uint8_t)(h >> 8);
+}
+
+/* rows x k of type t with random contents whose scales are sane halves. */
+static uint8_t *random_weights(duet_dtype t, int rows, int k, size_t *bytes)
+{
+    size_t rb = duet_dtype_row_bytes(t, k);
+    *bytes = rb * rows;
+    uint8_t *w = malloc(*bytes);
+    for (size_t i = 0; i < *bytes; i++)
+        w[i] = (uint8_t)rand32();
+    const duet_dtype_info *info = duet_dtype_get(t);
+    size_t n_blocks = *bytes / info->block_bytes;
+    for (size_t i = 0; i < n_blocks; i++) {
+        uint8_t *b = w + i * info->block_bytes;
+        switch (t) {
+        case DUET_F32: {
+            float v = frand();
+            memcpy(b, &v, 4);
+            break;
+        }
+        case DUET_F16: put_half(b, frand()); break;
+        case DUET_BF16: {
+            uint16_t h = duet_f32_to_bf16(frand());
+            b[0] = (uint8_t)h;
+            b[1] = (uint8_t)(h >> 8);
+            break;
+        }
+        case DUET_Q4_0:
+        case DUET_Q8_0: put_half(b, frand() * 0.05f); break;
+        case DUET_Q4_1:
+        case DUET_Q4_K:
+        case DUET_Q5_K:
+            put_half(b, frand() * 0.05f);
+            put_half(b + 2, frand() * 0.05f);
+            break;
+        case DUET_Q6_K: put_half(b + 208, frand() * 0.01f); break;
+        default: fail_msg("no generator for type %d", (int)t);
+        }
+    }
+    return w;
+}
+
+/* ---- elementwise ops ------------------------------------------------------------- */
+
+static void run_add(side *x, const float *a, const float *b, int64_t n, float *out)
+{
+    duet_buffer *ba = mk(x, a, 4 * n), *bb = mk(x, b, 4 * n);
+    begin(x);
+    duet_add_args args = {at(ba), at(bb), n};
+    assert_int_equal(duet_dev_add(x->d, x->s, &args), DUET_OK);
+    finish(x, ba, out, 4 * n);
+    duet_buffer *all[] = {ba, bb};
+    free_bufs(x, all, 2);
+}
+
+static void test_add(void **state)
+{
+    (void)state;
+    int64_t sizes[] = {1, 255, 1000, 70001};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        int64_t n = sizes[i];
+        float *a = frand_array(n, 3), *b = frand_array(n, 3);
+        float *want = malloc(4 * n), *got = malloc(4 * n);
+        run_add(&cpu, a, b, n, want);
+        run_add(&vk, a, b, n, got);
+        assert_same("add", got, want, n);
+        free(a), free(b), free(want), free(got);
+    }
+    check_validation();
+}
+
+static void run_swiglu(side *x, const float *g, const float *u, int rows, int dim, int alias,
+                       float *out)
+{
+    size_t n = 4ull * rows * dim;
+    duet_buffer *bg = mk(x, g, n), *bu = mk(x, u, n), *bo = alias ? bg : mk(x, NULL, n);
+    begin(x);
+    duet_swiglu_args args = {at(bg), at(bu), at(bo), rows, dim};
+    assert_int_equal(duet_dev_swiglu(x->d, x->s, &args), DUET_OK);
+    finish(x, bo, out, n);
+    duet_buffer *all[] = {bg, bu, bo};
+    free_bufs(x, all, alias ? 2 : 3);
+}
+
+static void test_swiglu(void **state)
+{
+    (void)state;
+    for (int alias = 0; alias < 2; alias++) {
+        int rows = 7, dim = 1000;
+        size_t n = (size_t)rows * dim;
+        float *g = frand_array(n, 6), *u = frand_array(n, 2);
+        float *want = malloc(4 * n), *got = malloc(4 * n);
+        run_swiglu(&cpu, g, u, rows, dim, alias, want);
+        run_swiglu(&vk, g, u, rows, dim, alias, got);
+        assert_match("swiglu", got, want, n, 1e-7);
+        free(g), free(u), free(want), free(got);
+    }
+    check_validation();
+}
+
+static void run_rms_norm(side *x, const float *in, const float *w, int rows, int dim, int alias,
+                         float *out)
+{
+    size_t n = 4ull * rows * dim;
+    duet_buffer *bx = mk(x, in, n), *bw = mk(x, w, 4ull * dim);
+    duet_buffer *bo = alias ? bx : mk(x, NULL, n);
+    begin(x);
+    duet_rms_norm_args args = {at(bx), at(bw), at(bo), rows, dim, 1e-5f};
+    assert_int_equal(duet_dev_rms_norm(x->d, x->s, &args), DUET_OK);
+    finish(x, bo, out, n);
+    duet_buffer *all[] = {bx, bw, bo};
+    free_bufs(x, all, alias ? 2 : 3);
+}
+
+static void test_rms_norm(void **state)
+{
+    (void)state;
+    int shapes[][2] = {{1, 33}, {5, 576}, {3, 4096}, {2, 7}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        int rows = shapes[i][0], dim = shapes[i][1];
+        size_t n = (size_t)rows * dim;
+        float *xin = frand_array(n, 4), *w = frand_array(dim, 1);
+        float *want = malloc(4 * n), *got = malloc(4 * n);
+        run_rms_norm(&cpu, xin, w, rows, dim, (int)(i & 1), want);
+        run_rms_norm(&vk, xin, w, rows, dim, (int)(i & 1), got);
+        assert_match("rms_norm", got, want, n, 1e-7);
+        free(xin), free(w), free(want), free(got);
+    }
+    check_validation();
+}
+
+static void run_gather(side *x, const float *in, int n_in, const int32_t *rows, int n_out,
+                       int dim, float *out)
+{
+    duet_buffer *bx = mk(x, in, 4ull * n_in * dim), *br = mk(x, rows, 4ull * n_out);
+    duet_buffer *bo = mk(x, NULL, 4ull * n_out * dim);
+    begin(x);
+    duet_gather_rows_args args = {at(bx), at(br), at(bo), n_in, n_out, dim};
+    assert_int_equal(duet_dev_gather_rows(x->d, x->s, &args), DUET_OK);
+    finish(x, bo, out, 4ull * n_out * dim);
+    duet_buffer *all[] = {bx, br, bo};
+    free_bufs(x, all, 3);
+}
+
+static void test_gather_rows(void **state)
+{
+    (void)state;
+    int n_in = 9, dim = 130;
+    int32_t rows[] = {8, 0, 3, -1, 9, 3};
+    int n_out = 6;
+    float *in = frand_array((size_t)n_in * dim, 5);
+    float *want = malloc(4ull * n_out * dim), *got = malloc(4ull * n_out * dim);
+    run_gather(&cpu, in, n_in, rows, n_out, dim, want);
+    run_gather(&vk, in, n_in, rows, n_out, dim, got);
+    assert_same("gather_rows", got, want, (size_t)n_out * dim);
+    assert_true(isnan(got[3 * dim]) && isnan(got[4 * dim + dim - 1])); /* bad rows */
+    free(in), free(want), free(got);
+    check_validation();
+}
+
+/* ---- embed and matmul ------------------------------------------------------------- */
+
+/* prev: optional int32[n_prev] for placeholder ids -1-i. */
+static void run_embed_prev(side *x, duet_dtype t, const void *table, size_t tbytes, int vocab,
+                           int dim, const int32_t *ids, int n_tokens, const int32_t *prev,
+                           int n_prev, float *out)
+{
+    duet_buffer *bt = mk(x, table, tbytes), *bi = mk(x, ids, 4ull * n_tokens);
+    duet_buffer *bo = mk(x, NULL, 4ull * n_tokens * dim);
+    duet_buffer *bp = prev ? mk(x, prev, 4ull * n_prev) : NULL;
+    begin(x);
+    duet_embed_args args = {.ids = at(bi), .table = at(bt), .out = at(bo),
+                            .prev_tokens = bp ? at(bp) : none(), .table_type = t,
+                            .n_tokens = n_tokens, .vocab = vocab, .dim = dim,
+                            .n_prev = bp ? n_prev : 0};
+    assert_int_equal(duet_dev_embed(x->d, x->s, &args), DUET_OK);
+    finish(x, bo, out, 4ull * n_tokens * dim);
+    duet_buffer *all[] = {bt, bi, bo, bp};
+    free_bufs(x, all, bp ? 4 : 3);
+}
+
+static void run_embed(side *x, duet_dtype t, const void *table, size_t tbytes, int vocab,
+                      int dim, const int32_t *ids, int n_tokens, float *out)
+{
+    run_embed_prev(x, t, table, tbytes, vocab, dim, ids, n_tokens, NULL, 0, out);
+}
+
+static void test_embed_types(void **state)
+{
+    (void)state;
+    for (int i = 0; i < N_WEIGHT_TYPES; i++) {
+        duet_dtype t = weight_types[i];
+        int vocab = 37, dim = duet_dtype_get(t)->block_elems > 32 ? 512 : 96;
+        size_t bytes;
+        uint8_t *table = random_weights(t, vocab, dim, &bytes);
+        int32_t ids[] = {0, 36, 5, -3, 37, 5, 20};
+        int n = 7;
+        float *want = malloc(4ull * n * dim), *got = malloc(4ull * n * dim);
+        run_embed(&cpu, t, table, bytes, vocab, dim, ids, n, want);
+        run_embed(&vk, t, table, bytes, vocab, dim, ids, n, got);
+        char what[64];
+        snprintf(what, sizeof what, "embed %s", duet_dtype_get(t)->name);
+        assert_same(what, got, want, (size_t)n * dim);
+        free(table), free(want), free(got);
+    }
+    check_validation();
+}
+
+/* Placeholder ids -1-i read prev_tokens[i] (async scheduling); -1-i past
+ * n_prev and prev entries outside the vocabulary give NaN rows. */
+static void test_embed_prev_tokens(void **state)
+{
+    (void)state;
+    int vocab = 50, dim = 64;
+    size_t bytes;
+    uint8_t *table = random_weights(DUET_Q8_0, vocab, dim, &bytes);
+    int32_t ids[] = {-1, 7, -3, -4, -2147483647 - 1, -2};
+    int32_t prev[] = {12, 49, 60};
+    int n = 6;
+    float *want = malloc(4ull * n * dim), *got = malloc(4ull * n * dim);
+    run_embed_prev(&cpu, DUET_Q8_0, table, bytes, vocab, dim, ids, n, prev, 3, want);
+    run_embed_prev(&vk, DUET_Q8_0, table, bytes, vocab, dim, ids, n, prev, 3, got);
+    assert_same("embed prev_tokens", got, want, (size_t)n * dim);
+    assert_false(isnan(got[0]));
+    assert_true(isnan(got[2 * dim])); /* prev[2] = 60 >= vocab */
+    free(table), free(want), free(got);
+    check_validation();
+}
+
+static void run_matmul(side *x, duet_dtype t, const void *w, size_t wbytes, const float *in,
+                       const float *bias, int m, int k, int n, float *out)
+{
+    duet_buffer *bw = mk(x, w, wbytes), *bx = mk(x, in, 4ull * m * k);
+    duet_buffer *bb = bias ? mk(x, bias, 4ull * n) : NULL;
+    duet_buffer *bo = mk(x, NULL, 4ull * m * n);
+    begin(x);
+    duet_matmul_args args = {at(bx), at(bw), bb ? at(bb) : none(), at(bo), t, m, k, n};
+    assert_int_equal(duet_dev_matmul(x->d, x->s, &args), DUET_OK);
+    finish(x, bo, out, 4ull * m * n);
+    duet_buffer *all[] = {bw, bx, bo, bb};
+    free_bufs(x, all, bb ? 4 : 3);
+}
+
+static void matmul_case(duet_dtype t, int m, int k, int n, int with_bias)
+{
+    size_t bytes;
+    uint8_t *w = random_weights(t, n, k, &bytes);
+    float *in = frand_array((size_t)m * k, 1), *bias = with_bias ? frand_array(n, 1) : NULL;
+    float *want = malloc(4ull * m * n), *got = malloc(4ull * m * n);
+    run_matmul(&cpu, t, w, bytes, in, bias, m, k, n, want);
+    run_matmul(&vk, t, w, bytes, in, bias, m, k, n, got);
+    char what[96];
+    snprintf(what, sizeof what, "matmul %s m=%d k=%d n=%d%s", duet_dtype_get(t)->name, m, k, n,
+             with_bias ? " +bias" : "");
+    assert_match(what, got, want, (size_t)m * n, 5e-4);
+    free(w), free(in), free(bias), free(want), free(got);
+}
+
+static void test_matmul_types(void **state)
+{
+    (void)state;
+    for (int i = 0; i < N_WEIGHT_TYPES; i++) {
+        duet_dtype t = weight_types[i];
+        int kq = duet_dtype_get(t)->block_elems > 32 ? 512 : 256;
+        matmul_case(t, 1, kq, 67, 0);
+        matmul_case(t, 13, 2 * kq, 40, 1);
+        if (duet_dtype_get(t)->block_elems == 1)
+            matmul_case(t, 3, 100, 9, 1); /* k not a multiple of 32 */
+    }
+    check_validation();
+}
+
+/* The other matmul kernel variant than the device's default (tiled with
+ * shared memory for GPUs, one invocation per output for CPU-type devices),
+ * on a second Vulkan device opened with DUET_VK_MATMUL forcing it. */
+static void test_matmul_other_variant(void **state)
+{
+    (void)state;
+    duet_device_info info;
+    duet_dev_info(vk.d, &info);
+    side saved = vk;
+    setenv("DUET_VK_MATMUL", strstr(info.name, ", cpu)") ? "tiled" : "per-output", 1);
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
+    unsetenv("DUET_VK_MATMUL");
+    assert_int_equal(rc, DUET_OK);
+    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
+    for (int i = 0; i < N_WEIGHT_TYPES; i++) {
+        duet_dtype t = weight_types[i];
+        int kq = duet_dtype_get(t)->block_elems > 32 ? 512 : 256;
+        matmul_case(t, 1, kq, 67, 0);
+        matmul_case(t, 11, 2 * kq, 21, 1);
+        if (duet_dtype_get(t)->block_elems == 1)
+            matmul_case(t, 3, 100, 9, 1);
+    }
+    check_validation();
+    duet_dev_stream_destroy(vk.d, vk.s);
+    duet_device_close(vk.d);
+    vk = saved;
+}
+
+/* A weight of 160 MiB: more than lavapipe binds at once (128 MiB), so
+ * embed and matmul must split it; the rows read sit past 128 MiB. */
+static void test_big_weight(void **state)
+{
+    (void)state;
+    int dim = 4096, vocab = 20480; /* F16: 8 KiB rows, 160 MiB */
+    size_t bytes = 2ull * dim * vocab;
+    uint16_t *table = malloc(bytes);
+    for (size_t i = 0; i < bytes / 2; i++)
+        table[i] = duet_f32_to_f16(frand());
+    int32_t ids[] = {vocab - 1, 17000, 3, 16384};
+    int n = 4;
+    float *want = malloc(4ull * n * dim), *got = malloc(4ull * n * dim);
+    run_embed(&cpu, DUET_F16, table, bytes, vocab, dim, ids, n, want);
+    run_embed(&vk, DUET_F16, table, bytes, vocab, dim, ids, n, got);
+    assert_same("embed F16 160 MiB", got, want, (size_t)n * dim);
+    free(want), free(got);
+
+    float *in = frand_array(dim, 1);
+    want = malloc(4ull * vocab);
+    got = malloc(4ull * vocab);
+    run_matmul(&cpu, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, want);
+    run_matmul(&vk, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, got);
+    assert_match("matmul F16 160 MiB", got, want, vocab, 5e-4);
+    free(in), free(want), free(got), free(table);
+    check_validation();
+}
+
+/* The same 160 MiB weight in a buffer larger than one allocation (the
+ * allocation size forced down to twice the binding limit, so the buffer is
+ * two overlapping chunks): embed and matmul read rows from both, and reads
+ * across the chunk boundary return the bytes written. */
+static void test_big_weight_chunked(void **state)
+{
+    (void)state;
+    int dim = 4096, vocab = 20480;
+    size_t bytes = 2ull * dim * vocab;
+    char cap[32];
+    snprintf(cap, sizeof cap, "%zu", bytes / 10 * 9); /* 144 MiB: two chunks */
+    side saved = vk;
+    setenv("DUET_VK_MAX_ALLOC", cap, 1);
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
+    unsetenv("DUET_VK_MAX_ALLOC");
+    assert_int_equal(rc, DUET_OK);
+    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
+
+    uint16_t *table = malloc(bytes);
+    for (size_t i = 0; i < bytes / 2; i++)
+        table[i] = duet_f32_to_f16(frand());
+    int32_t ids[] = {vocab - 1, 17000, 3, 16383, 16384, 8192};
+    int n = 6;
+    float *want = malloc(4ull * n * dim), *got = malloc(4ull * n * dim);
+    run_embed(&cpu, DUET_F16, table, bytes, vocab, dim, ids, n, want);
+    run_embed(&vk, DUET_F16, table, bytes, vocab, dim, ids, n, got);
+    assert_same("embed F16 160 MiB, two chunks", got, want, (size_t)n * dim);
+    free(want), free(got);
+
+    float *in = frand_array(dim, 1);
+    want = malloc(4ull * vocab);
+    got = malloc(4ull * vocab);
+    run_matmul(&cpu, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, want);
+    run_matmul(&vk, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, got);
+    assert_match("matmul F16 160 MiB, two chunks", got, want, vocab, 5e-4);
+
+    /* Every byte back, synchronously and through a stream download. */
+    duet_buffer *b = mk(&vk, table, bytes);
+    assert_int_equal(b->n_chunks, 2);
+    unsigned char *back = malloc(bytes);
+    assert_int_equal(duet_dev_buffer_read(vk.d, at(b), back, bytes), DUET_OK);
+    assert_memory_equal(back, table, bytes);
+    begin(&vk);
+    memset(back, 0, bytes);
+    assert_int_equal(duet_dev_download(vk.d, vk.s, at(b), back, bytes), DUET_OK);
+    assert_int_equal(duet_dev_stream_submit(vk.d, vk.s), DUET_OK);
+    assert_int_equal(duet_dev_stream_wait(vk.d, vk.s), DUET_OK);
+    assert_memory_equal(back, table, bytes);
+    duet_dev_buffer_free(vk.d, b);
+    free(back), free(in), free(want), free(got), free(table);
+    check_validation();
+    duet_dev_stream_destroy(vk.d, vk.s);
+    duet_device_close(vk.d);
+    vk = saved;
+}
+
+/* ---- rope ------------------------------------------------------------------------ */
+
+static void run_rope(side *x, float *q, float *k, const int32_t *pos, const float *ff, int t,
+                     int nh, int nkv, int hd, int rot, duet_rope_mode mode)
+{
+    size_t qn = 4ull * t * nh * hd, kn = 4ull * t * nkv * hd;
+    duet_buffer *bq = mk(x, q, qn), *bk = mk(x, k, kn), *bp = mk(x, pos, 4ull * t);
+    duet_buffer *bf = ff ? mk(x, ff, 4ull * (rot / 2)) : NULL;
+    begin(x);
+    duet_rope_args a = {at(bq), at(bk), at(bp), bf ? at(bf) : none(), t, nh, nkv, hd, rot, mode,
+                        500000.0f};
+    assert_int_equal(duet_dev_rope(x->d, x->s, &a), DUET_OK);
+    assert_int_equal(duet_dev_download(x->d, x->s, at(bk), k, kn), DUET_OK);
+    finish(x, bq, q, qn);
+    duet_buffer *all[] = {bq, bk, bp, bf};
+    free_bufs(x, all, bf ? 4 : 3);
+}
+
+static void test_rope(void **state)
+{
+    (void)state;
+    int t = 6, nh = 4, nkv = 2, hd = 64;
+    int32_t pos[] = {0, 1, 17, 4095, 65536, 131071};
+    for (int variant = 0; variant < 4; variant++) {
+        duet_rope_mode mode = variant & 1 ? DUET_ROPE_NEOX : DUET_ROPE_NORMAL;
+        int rot = variant & 2 ? 48 : 64;
+        float *ff = NULL;
+        if (variant & 2) {
+            ff = malloc(4ull * (rot / 2));
+            for (int i = 0; i < rot / 2; i++)
+                ff[i] = 1.0f + (float)i * 0.37f;
+        }
+        size_t qn = (size_t)t * nh * hd, kn = (size_t)t * nkv * hd;
+        float *q = frand_array(qn, 2), *k = frand_array(kn, 2);
+        float *q2 = malloc(4 * qn), *k2 = malloc(4 * kn);
+        memcpy(q2, q, 4 * qn);
+        memcpy(k2, k, 4 * kn);
+        run_rope(&cpu, q, k, pos, ff, t, nh, nkv, hd, rot, mode);
+        run_rope(&vk, q2, k2, pos, ff, t, nh, nkv, hd, rot, mode);
+        char what[64];
+        snprintf(what, sizeof what, "rope q variant %d", variant);
+        assert_match(what, q2, q, qn, 1e-7);
+        assert_match("rope k", k2, k, kn, 1e-7);
+        free(q), free(k), free(q2), free(k2), free(ff);
+    }
+    check_validation();
+}
+
+/* ---- kv_write and attention --------------------------------------------------------- */
+
+static void run_kv_write(side *x, duet_dtype ct, const float *k, const float *v,
+                         const int32_t *slots, int t, int nkv, int hd, int nb, int bs,
+                         const void *cache0, void *kc_out, void *vc_out)
+{
+    size_t row = 4ull * nkv * hd, cb = (ct == DUET_F16 ? 2ull : 4ull) * nb * bs * nkv * hd;
+    duet_buffer *bk = mk(x, k, row * t), *bv = mk(x, v, row * t), *bs_ = mk(x, slots, 4ull * t);
+    duet_buffer *bkc = mk(x, cache0, cb), *bvc = mk(x, cache0, cb);
+    begin(x);
+    duet_kv_write_args a = {at(bk), at(bv), at(bs_), at(bkc), at(bvc), ct, t, nkv, hd, nb, bs};
+    assert_int_equal(duet_dev_kv_write(x->d, x->s, &a), DUET_OK);
+    assert_int_equal(duet_dev_download(x->d, x->s, at(bkc), kc_out, cb), DUET_OK);
+    finish(x, bvc, vc_out, cb);
+    duet_buffer *all[] = {bk, bv, bs_, bkc, bvc};
+    free_bufs(x, all, 5);
+}
+
+static void test_kv_write(void **state)
+{
+    (void)state;
+    int t = 7, nkv = 2, hd = 24, nb = 5, bs = 4;
+    int32_t slots[] = {3, -1, 19, 0, 20, 7, -5};
+    for (int f16 = 0; f16 < 2; f16++) {
+        duet_dtype ct = f16 ? DUET_F16 : DUET_F32;
+        size_t cb = (f16 ? 2ull : 4ull) * nb * bs * nkv * hd;
+        float *k = frand_array((size_t)t * nkv * hd, 3), *v = frand_array((size_t)t * nkv * hd, 3);
+        uint8_t *cache0 = malloc(cb);
+        for (size_t i = 0; i < cb; i++)
+            cache0[i] = (uint8_t)(rand32() & 0x3f); /* finite in both types */
+        uint8_t *kw = malloc(cb), *vw = malloc(cb), *kg = malloc(cb), *vg = malloc(cb);
+        run_kv_write(&cpu, ct, k, v, slots, t, nkv, hd, nb, bs, cache0, kw, vw);
+        run_kv_write(&vk, ct, k, v, slots, t, nkv, hd, nb, bs, cache0, kg, vg);
+        assert_memory_equal(kg, kw, cb);
+        assert_memory_equal(vg, vw, cb);
+        assert_memory_not_equal(kw, cache0, cb); /* the op did write */
+        free(k), free(v), free(cache0), free(kw), free(vw), free(kg), free(vg);
+    }
+    check_validation();
+}
+
+typedef struct attn_shape {
+    int n_seqs, n_heads, n_kv_heads, head_dim, block_size, num_blocks, max_blocks;
+    const int *q_lens, *seq_lens;
+    duet_dtype cache_type;
+    int corrupt; /* 1: a bad block id in sequence 0's table; 2: bad query_start_loc */
+} attn_shape;
+
+static void run_attention(side *x, const attn_shape *c, const float *q, const void *kc,
+                          const void *vc, const int32_t *tables, const int32_t *lens,
+                          const int32_t *qsl, int t, float *out)
+{
+    size_t qn = 4ull * t * c->n_heads * c->head_dim;
+    size_t cb = (c->cache_type == DUET_F16 ? 2ull : 4ull) * c->num_blocks * c->block_size *
+                c->n_kv_heads * c->head_dim;
+    duet_buffer *bq = mk(x, q, qn), *bk = mk(x, kc, cb), *bv = mk(x, vc, cb);
+    duet_buffer *bt = mk(x, tables, 4ull * c->n_seqs * c->max_blocks);
+    duet_buffer *bl = mk(x, lens, 4ull * c->n_seqs), *bs = mk(x, qsl, 4ull * (c->n_seqs + 1));
+    duet_buffer *bo = mk(x, NULL, qn);
+    begin(x);
+    duet_attention_args a = {at(bq), at(bk), at(bv), at(bt), at(bl), at(bs), at(bo),
+                             c->cache_type, t, c->n_seqs, c->n_heads, c->n_kv_heads,
+                             c->head_dim, c->num_blocks, c->block_size, c->max_blocks,
+                             1.0f / sqrtf((float)c->head_dim)};
+    assert_int_equal(duet_dev_attention(x->d, x->s, &a), DUET_OK);
+    finish(x, bo, out, qn);
+    duet_buffer *all[] = {bq, bk, bv, bt, bl, bs, bo};
+    free_bufs(x, all, 7);
+}
+
+static void attention_case(const attn_shape *c)
+{
+    int t = 0;
+    int32_t *qsl = malloc(4ull * (c->n_seqs + 1)), *lens = malloc(4ull * c->n_seqs);
+    qsl[0] = 0;
+    for (int s = 0; s < c->n_seqs; s++) {
+        t += c->q_lens[s];
+        qsl[s + 1] = t;
+        lens[s] = c->seq_lens[s];
+    }
+    /* Block tables: a random permutation of blocks 1.., so pages are
+     * scattered; unused entries -1. */
+    int32_t *tables = malloc(4ull * c->n_seqs * c->max_blocks);
+    int32_t *perm = malloc(4ull * c->num_blocks);
+    for (int i = 0; i < c->num_blocks; i++)
+        perm[i] = i;
+    for (int i = c->num_blocks - 1; i > 1; i--) {
+        int j = 1 + (int)(rand32() % (uint32_t)i);
+        int32_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    int next = 1;
+    for (int s = 0; s < c->n_seqs; s++) {
+        int need = (c->seq_lens[s] + c->block_size - 1) / c->block_size;
+        for (int b = 0; b < c->max_blocks; b++)
+            tables[s * c->max_blocks + b] = b < need ? perm[next++] : -1;
+    }
+    assert_true(next <= c->num_blocks);
+    if (c->corrupt == 1)
+        tables[0] = c->num_blocks + 3;
+    if (c->corrupt == 2)
+        qsl[1] = qsl[2] + 1;
+    size_t n_cache = (size_t)c->num_blocks * c->block_size * c->n_kv_heads * c->head_dim;
+    float *kf = frand_array(n_cache, 1), *vf = frand_array(n_cache, 1);
+    void *kc = kf, *vc = vf;
+    if (c->cache_type == DUET_F16) {
+        uint16_t *kh = malloc(2 * n_cache), *vh = malloc(2 * n_cache);
+        for (size_t i = 0; i < n_cache; i++) {
+            kh[i] = duet_f32_to_f16(kf[i]);
+            vh[i] = duet_f32_to_f16(vf[i]);
+        }
+        kc = kh;
+        vc = vh;
+    }
+    size_t qn = (size_t)t * c->n_heads * c->head_dim;
+    float *q = frand_array(qn, 2), *want = malloc(4 * qn), *got = malloc(4 * qn);
+    run_attention(&cpu, c, q, kc, vc, tables, lens, qsl, t, want);
+    run_attention(&vk, c, q, kc, vc, tables, lens, qsl, t, got);
+    char what[96];
+    snprintf(what, sizeof what, "attention H=%d Hkv=%d D=%d %s corrupt=%d", c->n_heads,
+             c->n_kv_heads, c->head_dim, c->cache_type == DUET_F16 ? "F16" : "F32", c->corrupt);
+    assert_match(what, got, want, qn, 5e-4);
+    if (kc != kf)
+        free(kc), free(vc);
+    free(kf), free(vf), free(q), free(want), free(got), free(qsl), free(lens), free(tables);
+    free(perm);
+}
+
+static void test_attention(void **state)
+{
+    (void)state;
+    /* Mixed: a prefill chunk with earlier context, decodes, a fresh prefill. */
+    static const int q_lens[] = {5, 1, 1, 9}, seq_lens[] = {21, 70, 1, 9};
+    for (int f16 = 0; f16 < 2; f16++) {
+        duet_dtype ct = f16 ? DUET_F16 : DUET_F32;
+        attn_shape shapes[] = {
+            {4, 8, 2, 64, 16, 24, 6, q_lens, seq_lens, ct, 0},  /* GQA 4:1 */
+            {4, 4, 4, 128, 8, 40, 10, q_lens, seq_lens, ct, 0}, /* MHA, D 128 */
+            {4, 6, 3, 40, 16, 24, 6, q_lens, seq_lens, ct, 0},  /* odd-ish D */
+            {4, 8, 2, 64, 16, 24, 6, q_lens, seq_lens, ct, 1},  /* bad block id */
+            {4, 8, 2, 64, 16, 24, 6, q_lens, seq_lens, ct, 2},  /* bad query_start_loc */
+        };
+        for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+            attention_case(&shapes[i]);
+    }
+    check_validation();
+}
+
+/* ---- streams ------------------------------------------------------------------------ */
+
+/* A chain in one recording (each op reads the previous op's output), with
+ * an upload whose host memory is overwritten right after recording it. */
+static void run_chain(side *x, const float *h0, const float *nw, const void *w, size_t wbytes,
+                      int rows, int dim, int n, float *out)
+{
+    duet_buffer *bh = mk(x, NULL, 4ull * rows * dim), *bn = mk(x, nw, 4ull * dim);
+    duet_buffer *bw = mk(x, w, wbytes), *bx = mk(x, NULL, 4ull * rows * dim);
+    duet_buffer *by = mk(x, NULL, 4ull * rows * n), *bz = mk(x, NULL, 4ull * rows * n);
+    float *staging = malloc(4ull * rows * dim);
+    memcpy(staging, h0, 4ull * rows * dim);
+    begin(x);
+    assert_int_equal(duet_dev_upload(x->d, x->s, at(bh), staging, 4ull * rows * dim), DUET_OK);
+    for (int i = 0; i < rows * dim; i++)
+        staging[i] = 1e30f; /* must not reach the device */
+    duet_rms_norm_args rn = {at(bh), at(bn), at(bx), rows, dim, 1e-6f};
+    duet_matmul_args mm = {at(bx), at(bw), none(), at(by), DUET_Q8_0, rows, dim, n};
+    duet_matmul_args mm2 = {at(bx), at(bw), none(), at(bz), DUET_Q8_0, rows, dim, n};
+    duet_swiglu_args sw = {at(by), at(bz), at(by), rows, n};
+    duet_add_args ad = {at(by), at(bz), (int64_t)rows * n};
+    assert_int_equal(duet_dev_rms_norm(x->d, x->s, &rn), DUET_OK);
+    assert_int_equal(duet_dev_matmul(x->d, x->s, &mm), DUET_OK);
+    assert_int_equal(duet_dev_matmul(x->d, x->s, &mm2), DUET_OK);
+    assert_int_equal(duet_dev_swiglu(x->d, x->s, &sw), DUET_OK);
+    assert_int_equal(duet_dev_add(x->d, x->s, &ad), DUET_OK);
+    finish(x, by, out, 4ull * rows * n);
+    free(staging);
+    duet_buffer *all[] = {bh, bn, bw, bx, by, bz};
+    free_bufs(x, all, 6);
+}
+
+static void test_chain_one_recording(void **state)
+{
+    (void)state;
+    int rows = 5, dim = 256, n = 96;
+    size_t bytes;
+    uint8_t *w = random_weights(DUET_Q8_0, n, dim, &bytes);
+    float *h0 = frand_array((size_t)rows * dim, 3), *nw = frand_array(dim, 1);
+    float *want = malloc(4ull * rows * n), *got = malloc(4ull * rows * n);
+    run_chain(&cpu, h0, nw, w, bytes, rows, dim, n, want);
+    run_chain(&vk, h0, nw, w, bytes, rows, dim, n, got);
+    assert_match("chain", got, want, (size_t)rows * n, 5e-4);
+    free(w), free(h0), free(nw), free(want), free(got);
+    check_validation();
+}
+
+static void test_device_info_and_listing(void **state)
+{
+    (void)state;
+    duet_device_info info;
+    duet_dev_info(vk.d, &info);
+    assert_string_equal(info.backend, "vulkan");
+    assert_true(info.name[0] != 0);
+    duet_vulkan_device_desc list[8];
+    int n = 0;
+    assert_int_equal(duet_vulkan_list_devices(list, 8, &n), DUET_OK);
+    assert_true(n >= 1);
+    int preferred = 0;
+    for (int i = 0; i < n && i < 8; i++) {
+        assert_int_equal(list[i].index, i);
+        preferred += list[i].preferred;
+    }
+    assert_int_equal(preferred, 1);
+    assert_int_equal(duet_vulkan_validation_errors(cpu.d), -1);
+    check_validation();
+}
+
+/* The harness can fail: a descriptor past the end of its buffer (recorded
+ * through the backend's internal dispatch, never submitted) must reach the
+ * counter, on a device of its own. */
+static void test_validation_is_counted(void **state)
+{
+    (void)state;
+    const char *env = getenv("DUET_VK_VALIDATION");
+    if (!env || strcmp(env, "1") != 0) {
+        fprintf(stderr, "  (validation is off: not exercised)\n");
+        return;
+    }
+    duet_device *d = NULL;
+    duet_stream *s = NULL;
+    assert_int_equal(duet_vulkan_device_create(-1, NULL, 1, &d), DUET_OK);
+    assert_int_equal(duet_dev_stream_create(d, &s), DUET_OK);
+    duet_buffer *b = NULL;
+    assert_int_equal(duet_dev_buffer_alloc(d, 256, &b), DUET_OK);
+    assert_int_equal(duet_dev_stream_begin(d, s), DUET_OK);
+    vk_binding bad[2] = {{b->chunk[0].buf, 0, 1 << 20}, {b->chunk[0].buf, 0, 256}};
+    uint32_t pc[3] = {4, 0, 0};
+    fprintf(stderr, "  (a validation error is expected next)\n");
+    assert_int_equal(duet_vk_dispatch(d->ctx, s, VK_SH_ADD, 0, bad, 2, pc, sizeof pc, 1, 1, 1),
+                     DUET_OK);
+    assert_true(duet_vulkan_validation_errors(d) > 0);
+    duet_dev_stream_destroy(d, s);
+    duet_dev_buffer_free(d, b);
+    duet_device_close(d);
+}
+
+/* ---- main ------------------------------------------------------------------------ */
+
+int main(void)
+{
+    if (!getenv("DUET_VK_VALIDATION"))
+        setenv("DUET_VK_VALIDATION", "1", 1);
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
+    if (rc) {
+        fprintf(stderr, "test_vulkan_ops: skipped: %s\n", duet_last_error());
+        return 77;
+    }
+    duet_device_options o = {.n_threads = 1, .force_reference = 1};
+    if (duet_cpu_device_create(&o, &cpu.d) || duet_dev_stream_create(cpu.d, &cpu.s) ||
+        duet_dev_stream_create(vk.d, &vk.s)) {
+        fprintf(stderr, "test_vulkan_ops: setup failed: %s\n", duet_last_error());
+        return 1;
+    }
+    duet_device_info info;
+    duet_dev_info(vk.d, &info);
+    fprintf(stderr, "test_vulkan_ops: on %s\n", info.name);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_device_info_and_listing),
+        cmocka_unit_test(test_validation_is_counted),
+        cmocka_unit_test(test_add),
+        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_rms_norm),
+        cmocka_unit_test(test_gather_rows),
+        cmocka_unit_test(test_embed_types),
+        cmocka_unit_test(test_embed_prev_tokens),
+        cmocka_unit_test(test_matmul_types),
+        cmocka_unit_test(test_matmul_other_variant),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_kv_write),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_chain_one_recording),
+        cmocka_unit_test(test_big_weight),
+        cmocka_unit_test(test_big_weight_chunked),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    duet_dev_stream_destroy(vk.d, vk.s);
+    duet_dev_stream_destroy(cpu.d, cpu.s);
+    int validation = duet_vulkan_validation_errors(vk.d);
+    duet_device_close(vk.d);
+    duet_device_close(cpu.d);
+    return failed || validation ? 1 : 0;
+}
