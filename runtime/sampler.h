@@ -17,9 +17,9 @@
 
 #include "device.h"
 #include "duet.h"
+#include "philox.h"
 
-/* Philox4x32-10: encrypt counter ctr with key; out gets 4 words. */
-void duet_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+/* duet_philox4x32 (Philox4x32-10) lives in backends/philox.h. */
 
 /* Index of the largest logit; the lowest index wins ties. NaN never wins. */
 int32_t duet_sample_argmax(const float *logits, int n);

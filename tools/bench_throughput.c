@@ -106,16 +106,13 @@ static int parse(int argc, char **argv, tp_opts *o)
         case O_DEVICE: o->device = optarg; break;
         case O_JSON: o->json = 1; break;
         case 'h':
-            fputs(help, stdout);
-            fputs(engine_arg_help, stdout);
-            fputs(model_arg_help, stdout);
-            return 1;
+            return engine_args_help(help);
         default:
-            fprintf(stderr, "duet bench throughput: unknown option or missing value in '%s'\n",
-                    argv[optind - 1]);
-            return -1;
+            return cli_bad_option(cmd, argv[optind - 1]);
         }
     }
+    if (optind < argc)
+        return cli_extra_arg(cmd, argv[optind]);
     if (strcmp(o->dataset, "random") == 0)
         o->ignore_eos = 1;
     return 0;

@@ -92,3 +92,16 @@ double cli_peak_rss_mib(void)
     fclose(f);
     return kib / 1024.0;
 }
+
+int cli_bad_option(const char *cmd, const char *arg)
+{
+    fprintf(stderr, "duet %s: unknown option or missing value in '%s' (see duet %s --help)\n", cmd,
+            arg, cmd);
+    return -1;
+}
+
+int cli_extra_arg(const char *cmd, const char *arg)
+{
+    fprintf(stderr, "duet %s: unexpected argument '%s' (see duet %s --help)\n", cmd, arg, cmd);
+    return -1;
+}

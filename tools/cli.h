@@ -9,6 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* One-line errors of a getopt loop (both return -1): an unknown option or
+ * a missing value, and a positional argument nobody asked for. */
+int cli_bad_option(const char *cmd, const char *arg);
+int cli_extra_arg(const char *cmd, const char *arg);
+
 /* Parse a whole decimal integer into [lo, hi]; on failure print
  * "duet <cmd>: --flag 'value': ..." to stderr and return -1. */
 int cli_parse_int(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out);

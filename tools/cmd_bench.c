@@ -119,8 +119,7 @@ int cmd_bench(int argc, char **argv)
             fputs(model_arg_help, stdout);
             return 0;
         default:
-            fprintf(stderr, "duet bench latency: unknown option or missing value in '%s'\n",
-                    argv[optind - 1]);
+            cli_bad_option(cmd, argv[optind - 1]);
             return 2;
         }
     }

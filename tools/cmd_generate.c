@@ -147,20 +147,13 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         case OPT_PROMPTS_FILE: o->prompts_file = optarg; break;
         case 'o': o->output = optarg; break;
         case 'h':
-            fputs(help, stdout);
-            fputs(engine_arg_help, stdout);
-            fputs(model_arg_help, stdout);
-            return 1;
+            return engine_args_help(help);
         default:
-            fprintf(stderr, "duet generate: unknown option or missing value in '%s' (see duet generate --help)\n",
-                    argv[optind - 1]);
-            return -1;
+            return cli_bad_option(cmd, argv[optind - 1]);
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "duet generate: unexpected argument '%s' (see --help)\n", argv[optind]);
-        return -1;
-    }
+    if (optind < argc)
+        return cli_extra_arg(cmd, argv[optind]);
     return 0;
 }
 

@@ -104,8 +104,7 @@ int cmd_tokenize(int argc, char **argv)
         case OPT_SPECIAL: special = 1; break;
         case 'h': fputs(help, stdout); return 0;
         default:
-            fprintf(stderr, "duet tokenize: unknown option or missing value in '%s' (see duet tokenize --help)\n",
-                    argv[optind - 1]);
+            cli_bad_option("tokenize", argv[optind - 1]);
             return 2;
         }
     }

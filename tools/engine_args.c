@@ -180,3 +180,11 @@ void engine_args_merge(const struct option *a, struct option *out, int cap)
             out[n++] = *p;
     memset(&out[n], 0, sizeof out[n]);
 }
+
+int engine_args_help(const char *help)
+{
+    fputs(help, stdout);
+    fputs(engine_arg_help, stdout);
+    fputs(model_arg_help, stdout);
+    return 1;
+}

@@ -34,6 +34,10 @@ void engine_args_merge(const struct option *a, struct option *out, int cap);
  * --dummy-seed), shared by every subcommand that loads a model. */
 extern const struct option model_arg_options[];
 extern const char model_arg_help[];
+
+/* Print a command's help, then the engine and model-source flags; returns 1
+ * (the getopt loops' "help was shown"). */
+int engine_args_help(const char *help);
 /* Like engine_arg_parse; --model-config also replaces model_path. */
 int model_arg_parse(const char *cmd, int id, const char *value, duet_model_options *mo,
                     char *model_path, size_t cap);

@@ -135,20 +135,13 @@ static int parse_args(int argc, char **argv, serve_opts *o)
                 return -1;
             break;
         case 'h':
-            fputs(help, stdout);
-            fputs(engine_arg_help, stdout);
-            fputs(model_arg_help, stdout);
-            return 1;
+            return engine_args_help(help);
         default:
-            fprintf(stderr, "duet serve: unknown option or missing value in '%s' (see duet serve --help)\n",
-                    argv[optind - 1]);
-            return -1;
+            return cli_bad_option(cmd, argv[optind - 1]);
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "duet serve: unexpected argument '%s' (see --help)\n", argv[optind]);
-        return -1;
-    }
+    if (optind < argc)
+        return cli_extra_arg(cmd, argv[optind]);
     return 0;
 }
 

@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "philox.h"
+
 /* Cody-Waite split of ln 2: LN2_HI has 15 significant bits, so k * LN2_HI
  * is exact for |k| <= 256. */
 #define DUET_SM_LOG2E 1.44269502f       /* 0x3fb8aa3b */
@@ -131,32 +133,8 @@ static inline float duet_sm_dlog(float x)
     return fe * DUET_SM_LN2_HI + (res + fe * DUET_SM_LN2_LO);
 }
 
-/* Philox4x32-10 (Salmon et al., SC'11): 10 rounds of the two 32x32->64
- * multiplies with a Weyl key schedule. The same function as the runtime's
- * duet_philox4x32 (runtime/sampler.c); backends keep their own copy because
- * they never include runtime headers. */
-static inline void duet_sm_philox4x32(const uint32_t ctr[4], const uint32_t key[2],
-                                      uint32_t out[4])
-{
-    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-    uint32_t k0 = key[0], k1 = key[1];
-    for (int round = 0; round < 10; round++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0;
-        uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c0 = n0;
-        c1 = (uint32_t)p1;
-        c2 = n2;
-        c3 = (uint32_t)p0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
-}
+/* Philox4x32-10 is backends/philox.h (one definition for all). */
+#define duet_sm_philox4x32 duet_philox4x32
 
 /* Index of the largest value, lowest index on ties; NaN never wins; 0 when
  * nothing exceeds -inf. */

@@ -225,8 +225,9 @@ static void test_top_p_limit_exact(void **state)
         }
 }
 
-/* The backends' Philox copy equals the runtime's (itself checked against
- * the published known answers in tests/runtime/test_sampler.c). */
+/* The kernels' Philox is backends/philox.h (checked against the published
+ * known answers in tests/runtime/test_sampler.c); the alias the kernels use
+ * must be that function. */
 static void test_philox_copies_agree(void **state)
 {
     (void)state;

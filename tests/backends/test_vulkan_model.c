@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 
+#include "../default_model.h"
 #include "device.h"
 #include "gguf.h"
 #include "model.h"
@@ -219,11 +220,7 @@ int main(void)
     if (!getenv("DUET_VK_VALIDATION"))
         setenv("DUET_VK_VALIDATION", "1", 1);
     char path[1024];
-    const char *env = getenv("DUET_MODEL"), *home = getenv("HOME");
-    snprintf(path, sizeof path, "%s", env && *env ? env : "");
-    if (!path[0])
-        snprintf(path, sizeof path, "%s/.cache/duet/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 home ? home : ".");
+    duet_test_model_path(path, sizeof path);
     if (duet_gguf_open(path, &st.g) != DUET_OK) {
         fprintf(stderr, "test_vulkan_model: skipped: %s\n", duet_last_error());
         return 77;

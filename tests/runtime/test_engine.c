@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "../default_model.h"
 #include "duet.h"
 
 static duet_model *model;
@@ -53,12 +54,7 @@ static int setup(void **state)
 {
     (void)state;
     char path[4096];
-    const char *env = getenv("DUET_MODEL");
-    if (env && *env)
-        snprintf(path, sizeof path, "%s", env);
-    else
-        snprintf(path, sizeof path, "%s/.cache/duet/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 getenv("HOME"));
+    duet_test_model_path(path, sizeof path);
     duet_model_options mo = {.device = "cpu"};
     if (duet_model_load(path, &mo, &model)) {
         fprintf(stderr, "cannot load %s: %s (run scripts/fetch-model.sh)\n", path,

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../default_model.h"
 #include "duet.h"
 
 #define FIXTURE DUET_SOURCE_DIR "/tests/reference/fixtures/model_smollm2_135m_q4_1.json"
@@ -112,12 +113,7 @@ static size_t append_hex(char *buf, size_t len, const char *hex)
 
 static void model_path(char *path, size_t cap)
 {
-    const char *env = getenv("DUET_MODEL"), *home = getenv("HOME");
-    if (env && *env)
-        snprintf(path, cap, "%s", env);
-    else
-        snprintf(path, cap, "%s/.cache/duet/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 home ? home : "");
+    duet_test_model_path(path, cap);
 }
 
 static int setup(void **state)

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "../default_model.h"
 #include "error.h"
 #include "gguf.h"
 #include "tokenizer.h"
@@ -43,12 +44,7 @@ static int setup_model(void **state)
 {
     (void)state;
     char path[4096];
-    const char *env = getenv("DUET_MODEL");
-    if (env && *env)
-        snprintf(path, sizeof path, "%s", env);
-    else
-        snprintf(path, sizeof path, "%s/.cache/duet/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 getenv("HOME") ? getenv("HOME") : "");
+    duet_test_model_path(path, sizeof path);
     if (duet_gguf_open(path, &g_model) != DUET_OK) {
         fprintf(stderr,
                 "test_tokenizer: cannot open the model GGUF '%s': %s\n"

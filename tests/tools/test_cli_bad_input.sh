@@ -113,6 +113,11 @@ expect_error "tokenize without input" "exactly one" -- tokenize --model "$model"
 expect_error "unknown command" "unknown command" -- frobnicate
 expect_ok "invalid UTF-8 prompt runs" -- generate --model "$model" --prompt-file "$tmp/bad_utf8.txt" --max-tokens 4 --no-stats
 expect_ok "invalid UTF-8 tokenizes" -- tokenize --model "$model" --file "$tmp/bad_utf8.txt"
+expect_error "bench throughput stray argument" "unexpected argument 'x'" -- bench throughput x
+expect_error "generate --top-p 0" "top-p" -- generate --model "$model" --top-p 0
+expect_error "generate --min-p 2" "min-p" -- generate --model "$model" --min-p 2
+expect_error "serve --port 70000" "port" -- serve --model "$model" --port 70000
+expect_error "bench sampler --rows 0" "rows" -- bench sampler --rows 0
 expect_ok "generate --help" -- generate --help
 expect_ok "tokenize --help" -- tokenize --help
 expect_ok "top-level --help" -- --help
