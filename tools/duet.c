@@ -17,6 +17,8 @@ static const subcommand subcommands[] = {
     {"generate", cmd_generate, "run a prompt through a model and stream the text"},
     {"tokenize", cmd_tokenize, "text to token ids, or ids back to text (--decode)"},
     {"serve", cmd_serve, "OpenAI-compatible HTTP server with metrics and a live dashboard"},
+    {"devices", cmd_devices, "list the devices of every backend and the --device spec of each"},
+    {"conform", cmd_conform, "compare every device op between two backends (NMSE, NaN checks)"},
     {"bench", cmd_bench, "benchmarks: 'bench latency' (single stream), 'bench throughput' (batched)"},
 };
 
