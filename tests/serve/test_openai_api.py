@@ -25,6 +25,9 @@ import time
 import openai
 
 DUET, MODEL = sys.argv[1], sys.argv[2]
+# A sanitizer build is ~10x slower: the same checks under lighter load (the
+# Release run does the full 256 streams and 100 disconnects).
+SANITIZED = os.environ.get("DUET_SANITIZED") == "1"
 KEY = "test-key-123"
 ENGINE_FLAGS = ["--max-model-len", "2048", "--kv-cache-memory", "512M"]
 failures = []
@@ -364,7 +367,8 @@ def test_errors(s):
     check("server alive after bad input", s.raw("GET", "/health")[0] == 200)
 
 
-def test_concurrency(s, n_streams=256):
+def test_concurrency(s, n_streams=None):
+    n_streams = n_streams or (48 if SANITIZED else 256)
     results = [None] * n_streams
 
     def one(i):
@@ -405,7 +409,8 @@ def test_concurrency(s, n_streams=256):
     check("running and KV usage back to 0", wait_until(idle, 10), s.metrics()[1])
 
 
-def test_disconnect(s, n_clients=100):
+def test_disconnect(s, n_clients=None):
+    n_clients = n_clients or (24 if SANITIZED else 100)
     _, before = s.metrics()
     got = [0] * n_clients
 
@@ -531,9 +536,19 @@ def test_dashboard(s):
               % (shown.get("running"), lo, hi),
               shown.get("running", 0) > 0 and lo - 2 <= shown.get("running", -1) <= hi + 2,
               (shown.get("running"), lo, hi))
-        check("dashboard under load: generation tok/s %.1f matches /metrics %.1f (within 2x)"
+        # The page's token total is a snapshot taken between the two scrapes:
+        # it must lie between them exactly. Its tok/s (a 3 s average) must be
+        # live; against the scrapes' rate it is only compared loosely, since
+        # the windows differ and a slow (sanitizer) build steps in bursts.
+        g0 = metric(m0, "vllm:generation_tokens_total")
+        g1 = metric(m1, "vllm:generation_tokens_total")
+        check("dashboard under load: generated total %s within /metrics [%d, %d]"
+              % (shown.get("generation_tokens"), g0, g1),
+              g0 <= shown.get("generation_tokens", -1) <= g1,
+              (shown.get("generation_tokens"), g0, g1))
+        check("dashboard under load: generation tok/s %.1f is live (/metrics rate %.1f)"
               % (shown.get("generation_tps", -1), rate),
-              rate > 0 and rate / 2 <= shown.get("generation_tps", 0) <= rate * 2,
+              rate > 0 and rate / 8 <= shown.get("generation_tps", 0) <= rate * 8,
               (shown.get("generation_tps"), rate))
         shot = os.path.join(os.environ.get("DUET_SCREENSHOT_DIR", tempfile.gettempdir()),
                             "duet-dashboard.png")
