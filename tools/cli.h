@@ -33,6 +33,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bench_throughput(int argc, char **argv);
 int duet_cmd_bench_sampler(int argc, char **argv);
+int duet_cmd_bench_serve(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_devices(int argc, char **argv);
 int cmd_conform(int argc, char **argv);

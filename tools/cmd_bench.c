@@ -70,16 +70,19 @@ int cmd_bench(int argc, char **argv)
         return cmd_bench_throughput(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "sampler") == 0)
         return duet_cmd_bench_sampler(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "serve") == 0)
+        return duet_cmd_bench_serve(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "latency") != 0) {
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-            printf("usage: duet bench latency|throughput|sampler [options]\n"
+            printf("usage: duet bench latency|throughput|sampler|serve [options]\n"
                    "  latency     single-stream prompt and decode speed (like llama-bench)\n"
                    "  throughput  offline batched throughput (like vllm bench throughput)\n"
                    "  sampler     the sample op alone: rows x vocabulary, reference vs fast\n"
+                   "  serve       load an OpenAI-compatible server (like vllm bench serve)\n"
                    "'duet bench MODE --help' describes a mode's options.\n");
             return 0;
         }
-        fprintf(stderr, "duet bench: unknown mode '%s'; available: latency, throughput, sampler\n",
+        fprintf(stderr, "duet bench: unknown mode '%s'; available: latency, throughput, sampler, serve\n",
                 argc >= 2 ? argv[1] : "");
         return 2;
     }
