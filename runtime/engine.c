@@ -299,9 +299,6 @@ static void free_zombies(duet_engine *e)
 static void abort_req(duet_engine *e, engine_req *q)
 {
     e->n_aborted++;
-    const char *text;
-    size_t len;
-    duet_stop_flush(&q->stop, &text, &len);
     report(q, NULL, NULL, NULL, DUET_FINISHED_ABORT, NULL, 0);
     retire(e, q);
 }

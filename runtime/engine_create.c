@@ -113,6 +113,16 @@ static duet_status alloc_step_buffers(duet_engine *e)
     e->rows = malloc(sizeof(int32_t) * lr);
     e->tables = malloc(sizeof(int32_t) * s * (size_t)e->max_blocks_per_seq);
     e->aborts = malloc(sizeof *e->aborts * ENGINE_MAX_PENDING_ABORTS);
+    /* The end-of-generation tokens, found once (min_tokens bans them). */
+    int vocab = e->model->config.vocab;
+    for (int v = 0; v < vocab; v++)
+        e->n_eog += duet_tokenizer_is_eog(e->model->tokenizer, v) != 0;
+    e->eog_ids = malloc(sizeof *e->eog_ids * (size_t)(e->n_eog ? e->n_eog : 1));
+    if (!e->eog_ids)
+        return duet_error(DUET_ERR_OUT_OF_MEMORY, "engine: out of memory for step buffers");
+    for (int v = 0, i = 0; v < vocab; v++)
+        if (duet_tokenizer_is_eog(e->model->tokenizer, v))
+            e->eog_ids[i++] = v;
     if (!e->tok || !e->pos || !e->slots || !e->qsl || !e->seq_lens || !e->rows || !e->tables ||
         !e->aborts)
         return duet_error(DUET_ERR_OUT_OF_MEMORY, "engine: out of memory for step buffers");
@@ -227,6 +237,7 @@ void duet_engine_free(duet_engine *e)
     }
     free(e->sample_rows);
     free(e->step_edits);
+    free(e->eog_ids);
     duet_runner_free(e->runner);
     duet_scheduler_free(e->sched);
     duet_kv_cache_free(e->kv);

@@ -95,6 +95,8 @@ struct duet_engine {
     duet_runner *runner;
     int block_size, max_model_len, max_blocks_per_seq, max_num_seqs, max_batched;
     int max_logit_rows;
+    int32_t *eog_ids;             /* end-of-generation tokens (min_tokens bans) */
+    int n_eog;
     int prefix_caching;
     int return_logits;
     int async;                    /* async scheduling (default on) */

@@ -82,7 +82,6 @@ duet_status engine_req_count_token(engine_req *q, int32_t tok)
 
 static duet_status build_edits(duet_engine *e, engine_req *q, const duet_request_params *p)
 {
-    const duet_tokenizer *t = e->model->tokenizer;
     float rp = p->repetition_penalty;
     if (rp != 0.0f && rp != 1.0f) {
         for (int i = 0; i < q->base.n_prompt; i++) {
@@ -107,10 +106,8 @@ static duet_status build_edits(duet_engine *e, engine_req *q, const duet_request
                 return oom();
             q->min_mask[ed - q->edits] = 1;
         }
-        for (int v = 0; !p->ignore_eos && v < e->model->config.vocab; v++) {
-            if (!duet_tokenizer_is_eog(t, v))
-                continue;
-            duet_sample_edit *ed = edit_for(q, v);
+        for (int i = 0; !p->ignore_eos && i < e->n_eog; i++) {
+            duet_sample_edit *ed = edit_for(q, e->eog_ids[i]);
             if (!ed)
                 return oom();
             q->min_mask[ed - q->edits] = 1;

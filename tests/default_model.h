@@ -23,4 +23,22 @@ static inline void duet_test_model_path(char *path, size_t cap)
         snprintf(path, cap, "%s/.cache/duet/models/%s", home ? home : ".", DUET_TEST_MODEL_FILE);
 }
 
+#ifdef DUET_H
+/* Load the default model on the CPU; NULL (after a message naming the
+ * path and the fix) when it cannot be loaded. */
+static inline duet_model *duet_test_load_model(void)
+{
+    char path[4096];
+    duet_model *m = NULL;
+    duet_test_model_path(path, sizeof path);
+    duet_model_options mo = {.device = "cpu"};
+    if (duet_model_load(path, &mo, &m)) {
+        fprintf(stderr, "cannot load %s: %s (run scripts/fetch-model.sh)\n", path,
+                duet_last_error());
+        return NULL;
+    }
+    return m;
+}
+#endif
+
 #endif

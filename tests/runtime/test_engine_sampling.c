@@ -19,8 +19,8 @@
 
 #include <cmocka.h>
 
-#include "../default_model.h"
 #include "duet.h"
+#include "../default_model.h"
 
 static duet_model *model;
 static int vocab;
@@ -85,14 +85,8 @@ static void trace_free(trace *t)
 static int setup(void **state)
 {
     (void)state;
-    char path[4096];
-    duet_test_model_path(path, sizeof path);
-    duet_model_options mo = {.device = "cpu"};
-    if (duet_model_load(path, &mo, &model)) {
-        fprintf(stderr, "cannot load %s: %s (run scripts/fetch-model.sh)\n", path,
-                duet_last_error());
+    if (!(model = duet_test_load_model()))
         return -1;
-    }
     vocab = duet_model_vocab_size(model);
     return 0;
 }
