@@ -584,5 +584,5 @@ const duet_device_ops duet_vk_ops = {
     .swiglu = duet_vk_swiglu,
     .add = duet_vk_add,
     .gather_rows = duet_vk_gather_rows,
-    .sample = NULL, /* docs/SAMPLING.md: not yet on Vulkan */
+    .sample = duet_vk_sample,
 };

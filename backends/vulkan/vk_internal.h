@@ -49,6 +49,7 @@ typedef enum vk_shader {
     VK_SH_ROPE,
     VK_SH_KV_WRITE,
     VK_SH_ATTENTION,
+    VK_SH_SAMPLE,
     VK_SH_COUNT
 } vk_shader;
 /* Pipeline variants per shader: spec % 32 is a type (constant 0), spec / 32
@@ -220,5 +221,12 @@ duet_status duet_vk_attention(void *ctx, duet_stream *s, const duet_attention_ar
 duet_status duet_vk_swiglu(void *ctx, duet_stream *s, const duet_swiglu_args *a);
 duet_status duet_vk_add(void *ctx, duet_stream *s, const duet_add_args *a);
 duet_status duet_vk_gather_rows(void *ctx, duet_stream *s, const duet_gather_rows_args *a);
+
+/* vk_sample.c: the sample op, and a test hook that records sample.comp's
+ * variant 1: out[r][i] = dexp, dlog, gumbel or a Philox word (r % 4) of
+ * in[r][i] (f32[n_rows][n]). */
+duet_status duet_vk_sample(void *ctx, duet_stream *s, const duet_sample_args *a);
+duet_status duet_vk_sample_math_check(duet_device *d, duet_stream *s, duet_addr in,
+                                      duet_addr out, int n_rows, int n);
 
 #endif

@@ -24,6 +24,7 @@ static const char *const shader_names[VK_SH_COUNT] = {
     [VK_SH_ROPE] = "rope",
     [VK_SH_KV_WRITE] = "kv_write",
     [VK_SH_ATTENTION] = "attention",
+    [VK_SH_SAMPLE] = "sample",
 };
 
 /* ---- the on-disk pipeline cache -------------------------------------------- */
