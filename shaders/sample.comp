@@ -164,8 +164,9 @@ bool within_cut(uint key, uint i) { return key < cut_key || (key == cut_key && i
 // Move the cut to the first member of O (within the current cut) at which
 // the running count (by_weight false) or weight reaches target (which it
 // does: target <= the total). Returns the weight of the members before the
-// new cut plus its own weight, i.e. the weight of the new cut set.
-uvec2 select_cut(bool by_weight, uvec2 target)
+// new cut plus its own weight, i.e. the weight of the new cut set. Tokens
+// with key >= skip_key are known to lie after the new cut and are left out.
+uvec2 select_cut(bool by_weight, uvec2 target, uint skip_key)
 {
     uint kmask = 0u, kpre = 0u, imask = 0u, ipre = 0u;
     uvec2 acc_w = uvec2(0u);
@@ -182,7 +183,7 @@ uvec2 select_cut(bool by_weight, uvec2 target)
             bool cand;
             float d = d_at(i, cand);
             uint key = floatBitsToUint(d) & 0x7fffffffu;
-            if (!cand || !within_cut(key, i))
+            if (!cand || key >= skip_key || !within_cut(key, i))
                 continue;
             if (on_key ? (key & kmask) != kpre : (key != kpre || (i & imask) != ipre))
                 continue;
@@ -233,6 +234,38 @@ uvec2 select_cut(bool by_weight, uvec2 target)
     return total;
 }
 
+// The top-p head (SAMPLING.md section 7): tokens of weight w with
+// w * V <= 2^16 * (2^24 - q) weigh at most S * (1 - q / 2^24) together, so
+// they all lie after the top-p cut. They are the keys >= the key returned
+// (weight is non-increasing in the key: a binary search, the same in every
+// invocation).
+bool is_light(uint key, uint q)
+{
+    uvec2 w = sm_weight(-uintBitsToFloat(key));
+    if (w.y >= 0x100u)
+        return false; // 2^40: the best token
+    uint h1, l1, h2, l2;
+    umulExtended(w.x, V, h1, l1);
+    umulExtended(w.y, V, h2, l2); // w.y * V < 2^32
+    uvec2 wv = uvec2(l1, h1 + l2);
+    uint hi, lo;
+    umulExtended(0x1000000u - q, 0x10000u, hi, lo);
+    return !(wv.y > hi || (wv.y == hi && wv.x > lo));
+}
+
+uint light_key(uint q)
+{
+    uint lo = 0u, hi = 0x7f800000u; // the key of -inf is light
+    while (lo < hi) {
+        uint mid = lo + (hi - lo) / 2u;
+        if (is_light(mid, q))
+            hi = mid;
+        else
+            lo = mid + 1u;
+    }
+    return lo;
+}
+
 uint sample_row(uint top_k, uint top_p_q24, uvec2 key, uint position, uint sample_index)
 {
     // m = max z (NaN never wins)
@@ -261,9 +294,9 @@ uint sample_row(uint top_k, uint top_p_q24, uvec2 key, uint position, uint sampl
         return argmax_l();
 
     if (top_k > 0u && top_k < n_cand)
-        s = select_cut(false, uvec2(top_k, 0u)); // C, and its weight
+        s = select_cut(false, uvec2(top_k, 0u), 0xffffffffu); // C, and its weight
     if (top_p_q24 < 0x1000000u)
-        select_cut(true, sm_top_p_limit(s, top_p_q24)); // K
+        select_cut(true, sm_top_p_limit(s, top_p_q24), light_key(top_p_q24)); // K
 
     // The race over K: d + Gumbel noise, the largest score, lowest id on
     // ties. A token whose d + GMAX is below what it must beat cannot win
