@@ -5,7 +5,12 @@
  * prefill with chunk sizes 1, 7, 64 and whole gives bitwise the same
  * logits, a prefix-cache hit gives bitwise the same logits as a miss,
  * preemption under a tiny KV pool gives the same tokens as a large pool,
- * aborts free every block, and bad requests are rejected at submission.
+ * async scheduling gives the same tokens as sync, aborts free every
+ * block, and bad requests are rejected at submission.
+ *
+ * CTest runs it twice: on the default model on the CPU, and as
+ * test_engine_vulkan on a tiny seeded dummy model on the Vulkan backend
+ * (tests/default_model.h reads DUET_TEST_DEVICE / DUET_TEST_DUMMY_CONFIG).
  */
 #include <math.h>
 #include <setjmp.h>
@@ -120,6 +125,16 @@ static void assert_idle_and_empty(duet_engine *e)
     assert_int_equal(st.kv_blocks_used, 0);
 }
 
+/* Bytes of KV cache per block of this model (engine() gives 64 MiB). */
+static uint64_t kv_bytes_per_block(void)
+{
+    duet_engine *probe = engine(1, 16, 0, 64ull << 20, 0);
+    duet_engine_stats st;
+    duet_engine_get_stats(probe, &st);
+    duet_engine_free(probe);
+    return (64ull << 20) / (uint64_t)st.kv_blocks_total;
+}
+
 enum { N_REQ = 32, GEN = 8 };
 
 static int req_len(int i) { return 5 + (i * 37) % 90; }
@@ -213,14 +228,7 @@ static void test_preemption_same_tokens(void **state)
     assert_int_equal(duet_engine_run(e), DUET_OK);
     duet_engine_free(e);
     /* 24 blocks of 16: one request needs 4; 8 together need 32. */
-    uint64_t per_block = 0;
-    {
-        duet_engine *probe = engine(1, 16, 0, 64ull << 20, 0);
-        duet_engine_stats st;
-        duet_engine_get_stats(probe, &st);
-        per_block = (64ull << 20) / (uint64_t)st.kv_blocks_total;
-        duet_engine_free(probe);
-    }
+    uint64_t per_block = kv_bytes_per_block();
     duet_engine_options o = {.max_num_seqs = 8, .max_num_batched_tokens = 256,
                              .max_model_len = 64, .kv_cache_memory = per_block * 24,
                              .return_logits = 1, .disable_prefix_caching = 1};
@@ -241,6 +249,63 @@ static void test_preemption_same_tokens(void **state)
     for (int i = 0; i < N; i++) {
         free(big[i].logits);
         free(tiny[i].logits);
+    }
+}
+
+/* Async scheduling (step N+1 queued behind N with placeholder tokens)
+ * changes no token: 12 requests mixing greedy, seeded top-p sampling and
+ * penalties, on a pool of 20 blocks (they need 48) so both runs preempt. */
+static void test_async_equals_sync(void **state)
+{
+    (void)state;
+    enum { N = 12 };
+    static trace t[2][N];
+    memset(t, 0, sizeof t);
+    uint64_t preemptions[2], per_block = kv_bytes_per_block();
+    for (int mode = 0; mode < 2; mode++) {
+        duet_engine_options o = {.max_num_seqs = 8, .max_num_batched_tokens = 64,
+                                 .max_model_len = 64, .kv_cache_memory = per_block * 20,
+                                 .disable_prefix_caching = 1,
+                                 .disable_async_scheduling = mode};
+        duet_engine *e = NULL;
+        if (duet_engine_create(model, &o, &e))
+            fail_msg("engine: %s", duet_last_error());
+        for (int i = 0; i < N; i++) {
+            int32_t ids[40];
+            prompt_ids(200 + i, 40, ids);
+            duet_request_params p = {.max_tokens = 24, .ignore_eos = 1};
+            if (i % 3 != 0) {
+                p.temperature = 0.8f;
+                p.top_p = 0.9f;
+                p.has_seed = 1;
+                p.seed = 7000 + (uint64_t)i;
+            }
+            if (i % 4 == 2) {
+                p.repetition_penalty = 1.3f;
+                p.presence_penalty = 0.5f;
+                p.frequency_penalty = 0.25f;
+            }
+            if (duet_engine_add_request(e, ids, 40, &p, on_output, &t[mode][i]))
+                fail_msg("add: %s", duet_last_error());
+            if (i % 4 == 3 && duet_engine_step(e))
+                fail_msg("step: %s", duet_last_error());
+        }
+        if (duet_engine_run(e))
+            fail_msg("run: %s", duet_last_error());
+        duet_engine_stats st;
+        duet_engine_get_stats(e, &st);
+        preemptions[mode] = st.num_preemptions;
+        assert_idle_and_empty(e);
+        duet_engine_free(e);
+    }
+    print_message("preemptions: async %llu, sync %llu\n", (unsigned long long)preemptions[0],
+                  (unsigned long long)preemptions[1]);
+    assert_true(preemptions[0] > 0 && preemptions[1] > 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(t[0][i].n, 24);
+        assert_int_equal(t[1][i].n, 24);
+        if (memcmp(t[0][i].tokens, t[1][i].tokens, sizeof(int32_t) * 24) != 0)
+            fail_msg("request %d: async and sync tokens differ", i);
     }
 }
 
@@ -316,6 +381,7 @@ int main(void)
         cmocka_unit_test(test_chunked_prefill_sizes),
         cmocka_unit_test(test_prefix_cache_hit_same_logits),
         cmocka_unit_test(test_preemption_same_tokens),
+        cmocka_unit_test(test_async_equals_sync),
         cmocka_unit_test(test_abort_frees_blocks),
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_kv_too_small_for_max_model_len),
