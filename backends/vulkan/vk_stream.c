@@ -26,8 +26,6 @@
 #include "error.h"
 #include "vk_internal.h"
 
-#define vk_check(vr, what) duet_vk_check(c, (vr), (what))
-
 /* Block until the stream's last submission is done. */
 static VkResult wait_done(vk_ctx *c, duet_stream *s)
 {
@@ -55,8 +53,8 @@ duet_status duet_vk_stream_create(void *ctx, duet_stream **out)
         .flags = VK_COMMAND_POOL_CREATE_TRANSIENT_BIT,
         .queueFamilyIndex = c->caps.queue_family,
     };
-    if ((rc = vk_check(c->fd.vkCreateCommandPool(c->dev, &pci, NULL, &s->pool),
-                       "creating a command pool")))
+    if ((rc = duet_vk_check(c, c->fd.vkCreateCommandPool(c->dev, &pci, NULL, &s->pool),
+                            "creating a command pool")))
         goto out_free;
     VkCommandBufferAllocateInfo cai = {
         .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
@@ -64,12 +62,13 @@ duet_status duet_vk_stream_create(void *ctx, duet_stream **out)
         .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
         .commandBufferCount = 1,
     };
-    if ((rc = vk_check(c->fd.vkAllocateCommandBuffers(c->dev, &cai, &s->cb),
-                       "allocating a command buffer")))
+    if ((rc = duet_vk_check(c, c->fd.vkAllocateCommandBuffers(c->dev, &cai, &s->cb),
+                            "allocating a command buffer")))
         goto out_free;
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     if (!c->timeline &&
-        (rc = vk_check(c->fd.vkCreateFence(c->dev, &fci, NULL, &s->fence), "creating a fence")))
+        (rc = duet_vk_check(c, c->fd.vkCreateFence(c->dev, &fci, NULL, &s->fence),
+                            "creating a fence")))
         goto out_free;
     *out = s;
     return DUET_OK;
@@ -113,7 +112,8 @@ duet_status duet_vk_stream_begin(void *ctx, duet_stream *s)
     if (s->state == VK_STREAM_RECORDING)
         c->fd.vkEndCommandBuffer(s->cb); /* abandon the unfinished recording */
     s->state = VK_STREAM_IDLE;
-    if ((rc = vk_check(c->fd.vkResetCommandPool(c->dev, s->pool, 0), "resetting a command pool")))
+    if ((rc = duet_vk_check(c, c->fd.vkResetCommandPool(c->dev, s->pool, 0),
+                            "resetting a command pool")))
         return rc;
     for (int i = 0; i < s->n_dpools; i++)
         c->fd.vkResetDescriptorPool(c->dev, s->dpools[i], 0);
@@ -130,7 +130,8 @@ duet_status duet_vk_stream_begin(void *ctx, duet_stream *s)
         .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
         .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT,
     };
-    if ((rc = vk_check(c->fd.vkBeginCommandBuffer(s->cb, &bi), "beginning a command buffer")))
+    if ((rc = duet_vk_check(c, c->fd.vkBeginCommandBuffer(s->cb, &bi),
+                            "beginning a command buffer")))
         return rc;
     s->state = VK_STREAM_RECORDING;
     return DUET_OK;
@@ -223,13 +224,15 @@ duet_status duet_vk_stream_submit(void *ctx, duet_stream *s)
                                VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
                                VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
     s->state = VK_STREAM_IDLE;
-    if ((rc = vk_check(c->fd.vkEndCommandBuffer(s->cb), "ending a command buffer")))
+    if ((rc = duet_vk_check(c, c->fd.vkEndCommandBuffer(s->cb),
+                            "ending a command buffer")))
         return rc;
     if (c->stats)
         fprintf(stderr, "duet: Vulkan stream: %d commands, %d barriers\n", s->n_commands,
                 s->n_barriers);
     if (!c->timeline &&
-        (rc = vk_check(c->fd.vkResetFences(c->dev, 1, &s->fence), "resetting a fence")))
+        (rc = duet_vk_check(c, c->fd.vkResetFences(c->dev, 1, &s->fence),
+                            "resetting a fence")))
         return rc;
     VkPipelineStageFlags wait_stages =
         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
@@ -269,7 +272,7 @@ duet_status duet_vk_stream_submit(void *ctx, duet_stream *s)
     if (vr == VK_SUCCESS)
         c->submitted = value;
     pthread_mutex_unlock(&c->queue_lock);
-    if ((rc = vk_check(vr, "submitting a stream")))
+    if ((rc = duet_vk_check(c, vr, "submitting a stream")))
         return rc;
     s->value = value;
     s->state = VK_STREAM_SUBMITTED;
@@ -283,7 +286,7 @@ duet_status duet_vk_stream_wait(void *ctx, duet_stream *s)
         return duet_vk_check_lost(c, "stream_wait");
     VkResult vr = wait_done(c, s);
     s->state = VK_STREAM_IDLE;
-    duet_status rc = vk_check(vr, "waiting for a stream");
+    duet_status rc = duet_vk_check(c, vr, "waiting for a stream");
     /* A device lost since the submission (found by another call): the
      * results cannot be trusted. */
     if (rc || (rc = duet_vk_check_lost(c, "stream_wait")))
@@ -424,8 +427,8 @@ static duet_status alloc_set(vk_ctx *c, duet_stream *s, VkDescriptorSet *set)
             .poolSizeCount = 1,
             .pPoolSizes = &size,
         };
-        duet_status rc = vk_check(
-            c->fd.vkCreateDescriptorPool(c->dev, &dpci, NULL, &s->dpools[s->n_dpools]),
+        duet_status rc = duet_vk_check(
+            c, c->fd.vkCreateDescriptorPool(c->dev, &dpci, NULL, &s->dpools[s->n_dpools]),
             "creating a descriptor pool");
         if (rc)
             return rc;
@@ -439,7 +442,7 @@ static duet_status alloc_set(vk_ctx *c, duet_stream *s, VkDescriptorSet *set)
         .pSetLayouts = &c->set_layout,
     };
     s->sets_in_cur++;
-    return vk_check(c->fd.vkAllocateDescriptorSets(c->dev, &dsai, set),
+    return duet_vk_check(c, c->fd.vkAllocateDescriptorSets(c->dev, &dsai, set),
                     "allocating a descriptor set");
 }
 

@@ -32,6 +32,7 @@
 
 enum { N = 1024 };
 
+
 /* A Vulkan device opened with DUET_VK_FAULT=fault (NULL: none). */
 static duet_device *open_with(const char *fault, const char *timeline)
 {
