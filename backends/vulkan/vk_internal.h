@@ -144,7 +144,7 @@ struct duet_stream {
 typedef enum vk_fault_kind {
     VK_FAULT_NONE = 0,
     VK_FAULT_DEVICE_LOST, /* submission n + 1 and everything after: device lost */
-    VK_FAULT_OOM,         /* buffer allocations after the first n: out of device memory */
+    VK_FAULT_OOM,         /* device-memory allocations after the first n fail */
     VK_FAULT_PIPELINE,    /* creating a pipeline (of shader `shader`, or any) fails */
 } vk_fault_kind;
 
