@@ -5,7 +5,11 @@
  *
  * DUET_VK_VALIDATION=1 enables VK_LAYER_KHRONOS_validation with a
  * debug-utils messenger that prints every message and counts it, so a
- * test can fail on any (duet_vulkan_validation_errors).
+ * test can fail on any (duet_vulkan_validation_errors); =sync adds the
+ * layer's synchronization validation (hazards between commands).
+ *
+ * DUET_VK_FAULT (tests only, read at device creation) makes the device
+ * fail on purpose: device_lost_after:N, oom[:N], pipeline[:shader].
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,9 +20,12 @@
 
 static const char *VALIDATION_LAYER = "VK_LAYER_KHRONOS_validation";
 
+/* 0: off, 1: DUET_VK_VALIDATION=1, 2: =sync (with synchronization validation). */
 static int validation_requested(void)
 {
     const char *env = getenv("DUET_VK_VALIDATION");
+    if (env && strcmp(env, "sync") == 0)
+        return 2;
     return env && strcmp(env, "1") == 0;
 }
 
@@ -59,21 +66,38 @@ static duet_status instance_open(duet_vk_loader *l, VkInstance *inst, duet_vk_in
     duet_status rc = duet_vk_loader_open(l);
     if (rc)
         return rc;
-    int validate = count && validation_requested();
+    int validate = count ? validation_requested() : 0;
     if (validate && !layer_present(l, VALIDATION_LAYER)) {
         rc = duet_error(DUET_ERR_UNSUPPORTED,
-                        "Vulkan: DUET_VK_VALIDATION=1 but %s is not installed "
+                        "Vulkan: DUET_VK_VALIDATION=%s but %s is not installed "
                         "(apt-get install vulkan-validationlayers)",
-                        VALIDATION_LAYER);
+                        validate == 2 ? "sync" : "1", VALIDATION_LAYER);
         goto out_close;
     }
+    /* The layer checks hazards between submissions (the order device.h
+     * promises) only with this setting, which its 1.3.239 version takes
+     * from the environment alone; a debug mode, so set it unless the user
+     * chose otherwise. */
+    if (validate == 2)
+        setenv("VK_LAYER_ENABLES",
+               "VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT:"
+               "VALIDATION_CHECK_ENABLE_SYNCHRONIZATION_VALIDATION_QUEUE_SUBMIT",
+               0);
     VkApplicationInfo app = {
         .sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
         .pApplicationName = "duet",
         .pEngineName = "duet",
         .apiVersion = VK_API_VERSION_1_2,
     };
-    const char *ext = VK_EXT_DEBUG_UTILS_EXTENSION_NAME;
+    const char *exts[2] = {VK_EXT_DEBUG_UTILS_EXTENSION_NAME,
+                           VK_EXT_VALIDATION_FEATURES_EXTENSION_NAME};
+    VkValidationFeatureEnableEXT sync_enable =
+        VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT;
+    VkValidationFeaturesEXT features = {
+        .sType = VK_STRUCTURE_TYPE_VALIDATION_FEATURES_EXT,
+        .enabledValidationFeatureCount = 1,
+        .pEnabledValidationFeatures = &sync_enable,
+    };
     VkDebugUtilsMessengerCreateInfoEXT mci = {
         .sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
         .messageSeverity = VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT |
@@ -84,14 +108,16 @@ static duet_status instance_open(duet_vk_loader *l, VkInstance *inst, duet_vk_in
         .pfnUserCallback = on_validation,
         .pUserData = count,
     };
+    features.pNext = &mci;
     VkInstanceCreateInfo ici = {
         .sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
-        .pNext = validate ? &mci : NULL, /* also covers instance creation itself */
+        /* the messenger also covers instance creation itself */
+        .pNext = validate == 2 ? (const void *)&features : validate ? (const void *)&mci : NULL,
         .pApplicationInfo = &app,
         .enabledLayerCount = validate ? 1 : 0,
         .ppEnabledLayerNames = validate ? &VALIDATION_LAYER : NULL,
-        .enabledExtensionCount = validate ? 1 : 0,
-        .ppEnabledExtensionNames = validate ? &ext : NULL,
+        .enabledExtensionCount = (uint32_t)validate, /* debug utils (+ features for sync) */
+        .ppEnabledExtensionNames = validate ? exts : NULL,
     };
     VkResult vr = l->vkCreateInstance(&ici, NULL, inst);
     if (vr != VK_SUCCESS) {
@@ -221,6 +247,7 @@ static void probe(const duet_vk_instance_fns *fi, VkPhysicalDevice pd, vk_caps *
     c->int8 = f12.shaderInt8;
     c->storage8 = f12.storageBuffer8BitAccess;
     c->int_dot = ext_dot && fdot.shaderIntegerDotProduct;
+    c->timeline = f12.timelineSemaphore;
 }
 
 static const char *type_name(VkPhysicalDeviceType t)
@@ -376,6 +403,8 @@ static void vk_destroy(void *ctx)
         duet_vk_stream_destroy(c, c->sync);
         duet_vk_buffer_free(c, c->dummy);
         duet_vk_pipelines_free(c);
+        if (c->timeline)
+            c->fs.vkDestroySemaphore(c->dev, c->timeline, NULL);
         c->fd.vkDestroyDevice(c->dev, NULL);
     }
     if (c->messenger) {
@@ -424,6 +453,90 @@ static void memory_model(vk_ctx *c)
     c->halo = halo & ~(uint64_t)255;
 }
 
+/* One timeline semaphore per device orders every submission after the
+ * previous one (vk_stream.c). */
+static duet_status timeline_create(vk_ctx *c)
+{
+    c->fs.vkCreateSemaphore =
+        (PFN_vkCreateSemaphore)c->fi.vkGetDeviceProcAddr(c->dev, "vkCreateSemaphore");
+    c->fs.vkDestroySemaphore =
+        (PFN_vkDestroySemaphore)c->fi.vkGetDeviceProcAddr(c->dev, "vkDestroySemaphore");
+    c->fs.vkWaitSemaphores =
+        (PFN_vkWaitSemaphores)c->fi.vkGetDeviceProcAddr(c->dev, "vkWaitSemaphores");
+    if (!c->fs.vkCreateSemaphore || !c->fs.vkDestroySemaphore || !c->fs.vkWaitSemaphores)
+        return duet_error(DUET_ERR_UNSUPPORTED,
+                          "Vulkan: %s reports timelineSemaphore but lacks vkWaitSemaphores",
+                          c->caps.name);
+    VkSemaphoreTypeCreateInfo tci = {
+        .sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
+        .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE,
+        .initialValue = 0,
+    };
+    VkSemaphoreCreateInfo sci = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &tci};
+    VkResult vr = c->fs.vkCreateSemaphore(c->dev, &sci, NULL, &c->timeline);
+    if (vr != VK_SUCCESS) {
+        c->timeline = VK_NULL_HANDLE;
+        return duet_error(duet_vk_status(vr), "Vulkan: creating a timeline semaphore on %s: %s",
+                          c->caps.name, duet_vk_result_name(vr));
+    }
+    return DUET_OK;
+}
+
+/* DUET_VK_FAULT=device_lost_after:N | oom[:N] | pipeline[:shader] (tests). */
+static duet_status fault_parse(const char *env, vk_fault *f)
+{
+    memset(f, 0, sizeof *f);
+    if (!env || !*env)
+        return DUET_OK;
+    const char *arg = strchr(env, ':');
+    size_t kind_len = arg ? (size_t)(arg - env) : strlen(env);
+    char *end = NULL;
+    if (arg)
+        arg++;
+    if (kind_len == 17 && strncmp(env, "device_lost_after", kind_len) == 0 && arg) {
+        f->kind = VK_FAULT_DEVICE_LOST;
+        f->n = strtol(arg, &end, 10);
+    } else if (kind_len == 3 && strncmp(env, "oom", kind_len) == 0) {
+        f->kind = VK_FAULT_OOM;
+        f->n = arg ? strtol(arg, &end, 10) : 0;
+    } else if (kind_len == 8 && strncmp(env, "pipeline", kind_len) == 0) {
+        f->kind = VK_FAULT_PIPELINE;
+        snprintf(f->shader, sizeof f->shader, "%s", arg ? arg : "");
+        return DUET_OK;
+    }
+    if (f->kind == VK_FAULT_NONE || (end && (*end || end == arg)) || f->n < 0)
+        return duet_error(DUET_ERR_INVALID_ARG,
+                          "DUET_VK_FAULT='%s': expected device_lost_after:N, oom[:N] or "
+                          "pipeline[:shader]",
+                          env);
+    return DUET_OK;
+}
+
+duet_status duet_vk_check_lost(vk_ctx *c, const char *what)
+{
+    if (!atomic_load(&c->lost))
+        return DUET_OK;
+    return duet_error(DUET_ERR_DEVICE,
+                      "Vulkan: %s: the device %s was lost (VK_ERROR_DEVICE_LOST) earlier; "
+                      "close it and open a new one",
+                      what, c->caps.name);
+}
+
+duet_status duet_vk_check(vk_ctx *c, VkResult vr, const char *what)
+{
+    if (vr == VK_SUCCESS)
+        return DUET_OK;
+    if (vr == VK_ERROR_DEVICE_LOST) {
+        atomic_store(&c->lost, 1);
+        return duet_error(DUET_ERR_DEVICE,
+                          "Vulkan: %s: device %s lost (VK_ERROR_DEVICE_LOST); every later call "
+                          "on it fails",
+                          what, c->caps.name);
+    }
+    return duet_error(duet_vk_status(vr), "Vulkan: %s on %s: %s", what, c->caps.name,
+                      duet_vk_result_name(vr));
+}
+
 static duet_status device_open(vk_ctx *c)
 {
     float prio = 1.0f;
@@ -433,10 +546,18 @@ static duet_status device_open(vk_ctx *c)
         .queueCount = 1,
         .pQueuePriorities = &prio,
     };
-    /* The shaders use only core 32-bit features: nothing optional is
-     * enabled, so nothing a driver did not report can be. */
+    /* The shaders use only core 32-bit features. The one optional feature
+     * enabled is timelineSemaphore (submission order), and only when the
+     * driver reports it. DUET_VK_TIMELINE=0 forces the fence path (tests). */
+    const char *tl = getenv("DUET_VK_TIMELINE");
+    int timeline = c->caps.timeline && !(tl && strcmp(tl, "0") == 0);
+    VkPhysicalDeviceVulkan12Features f12 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
+        .timelineSemaphore = VK_TRUE,
+    };
     VkDeviceCreateInfo dci = {
         .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+        .pNext = timeline ? &f12 : NULL,
         .queueCreateInfoCount = 1,
         .pQueueCreateInfos = &qci,
     };
@@ -458,6 +579,8 @@ static duet_status device_open(vk_ctx *c)
         return rc;
     }
     c->fd.vkGetDeviceQueue(c->dev, c->caps.queue_family, 0, &c->queue);
+    if (timeline && (rc = timeline_create(c)))
+        return rc;
 
     VkPhysicalDeviceMemoryProperties mp;
     c->fi.vkGetPhysicalDeviceMemoryProperties(c->phys, &mp);
@@ -473,6 +596,7 @@ static duet_status device_open(vk_ctx *c)
     if (c->mem_device == UINT32_MAX || c->mem_host == UINT32_MAX)
         return duet_error(DUET_ERR_UNSUPPORTED,
                           "Vulkan: %s has no host-visible coherent memory type", c->caps.name);
+    c->device_heap_bytes = mp.memoryHeaps[mp.memoryTypes[c->mem_device].heapIndex].size;
     VkMemoryPropertyFlags df = mp.memoryTypes[c->mem_device].propertyFlags;
     c->device_mem_mapped = (df & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) &&
                            (df & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
@@ -496,6 +620,9 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
     pthread_mutex_init(&c->pipe_lock, NULL);
     pthread_mutex_init(&c->sync_lock, NULL);
     atomic_init(&c->validation_errors, 0);
+    atomic_init(&c->lost, 0);
+    atomic_init(&c->n_submits, 0);
+    atomic_init(&c->n_allocs, 0);
     VkPhysicalDevice *pds = NULL;
     vk_caps *caps = NULL;
     int n = 0;
@@ -526,10 +653,13 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
                         caps[index].name);
         goto out_destroy;
     }
+    const char *stats = getenv("DUET_VK_STATS");
+    c->stats = stats && strcmp(stats, "1") == 0;
     c->index = index;
     c->phys = pds[index];
     c->caps = caps[index];
-    if ((rc = device_open(c)))
+    /* Faults count from here: device creation itself never fails by them. */
+    if ((rc = device_open(c)) || (rc = fault_parse(getenv("DUET_VK_FAULT"), &c->fault)))
         goto out_destroy;
     duet_device *dev = calloc(1, sizeof *dev);
     if (!dev) {

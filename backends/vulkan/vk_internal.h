@@ -75,6 +75,7 @@ typedef struct vk_caps {
     int fp16, int8, storage16, storage8, float64;
     int int_dot, coop_matrix;     /* extensions/features reported */
     int per_output_matmul;        /* CPU-type: matmul variant 1 (no shared memory) */
+    int timeline;                 /* timelineSemaphore (Vulkan 1.2 feature) reported */
     uint32_t queue_family;        /* first family with compute */
     int usable;                   /* Vulkan >= 1.2 and a compute queue */
 } vk_caps;
@@ -106,6 +107,13 @@ typedef struct vk_download {
     size_t n;
 } vk_download;
 
+/* A byte range of one VkBuffer a recorded command reads or writes. */
+typedef struct vk_access {
+    VkBuffer buf;
+    VkDeviceSize lo, hi;
+    int write;
+} vk_access;
+
 typedef enum vk_stream_state {
     VK_STREAM_IDLE = 0,
     VK_STREAM_RECORDING,
@@ -115,9 +123,16 @@ typedef enum vk_stream_state {
 struct duet_stream {
     VkCommandPool pool;
     VkCommandBuffer cb;
-    VkFence fence;
+    VkFence fence;           /* only without timeline semaphores */
+    uint64_t value;          /* timeline value the last submission signals */
     vk_stream_state state;
-    int n_commands;          /* recorded since begin, each after a barrier */
+    /* Hazard tracking (vk_stream.c): what the commands recorded since the
+     * last barrier access; the next command gets a barrier only if it
+     * conflicts with one of them (or need_barrier is set). */
+    vk_access *pending;
+    int n_pending, cap_pending;
+    int need_barrier;
+    int n_commands, n_barriers; /* this recording, for DUET_VK_STATS and tests */
     VkDescriptorPool *dpools;
     int n_dpools, cap_dpools, cur_dpool, sets_in_cur;
     vk_staging *staging;
@@ -125,6 +140,27 @@ struct duet_stream {
     vk_download *downloads;
     int n_downloads, cap_downloads;
 };
+
+/* Test-only faults (DUET_VK_FAULT, read at device creation; docs/VULKAN.md). */
+typedef enum vk_fault_kind {
+    VK_FAULT_NONE = 0,
+    VK_FAULT_DEVICE_LOST, /* submission n + 1 and everything after: device lost */
+    VK_FAULT_OOM,         /* device-memory allocations after the first n fail */
+    VK_FAULT_PIPELINE,    /* creating a pipeline (of shader `shader`, or any) fails */
+} vk_fault_kind;
+
+typedef struct vk_fault {
+    vk_fault_kind kind;
+    long n;
+    char shader[32]; /* VK_FAULT_PIPELINE: "" = every shader */
+} vk_fault;
+
+/* Entry points beyond the loader's table (core 1.0/1.2, loaded in vk_device.c). */
+typedef struct vk_sync_fns {
+    PFN_vkCreateSemaphore vkCreateSemaphore;
+    PFN_vkDestroySemaphore vkDestroySemaphore;
+    PFN_vkWaitSemaphores vkWaitSemaphores;
+} vk_sync_fns;
 
 typedef struct vk_ctx {
     duet_vk_loader loader;
@@ -140,15 +176,30 @@ typedef struct vk_ctx {
     duet_vk_device_fns fd;
     VkQueue queue;
     pthread_mutex_t queue_lock; /* vkQueueSubmit needs external sync */
+    vk_sync_fns fs;
+    /* Submission order (device.h): with timeline semaphores every
+     * submission waits for the previous one's value and signals the next;
+     * without, each recording starts with a barrier and a fence per stream
+     * tells completion. */
+    VkSemaphore timeline;       /* VK_NULL_HANDLE: the fence path */
+    uint64_t submitted;         /* last value signaled by a submission (queue_lock) */
+    atomic_int lost;            /* VK_ERROR_DEVICE_LOST seen: every later call fails */
+    vk_fault fault;
+    atomic_long n_submits, n_allocs; /* counted for the faults */
+    int stats;                  /* DUET_VK_STATS=1: print commands/barriers per submit */
     uint32_t mem_device;        /* memory type indices */
     uint32_t mem_host;
     int device_mem_mapped;      /* device-local type is host-visible+coherent */
+    uint64_t device_heap_bytes; /* size of mem_device's heap */
 
     uint64_t chunk_cap, halo;   /* see the memory model above */
 
     VkDescriptorSetLayout set_layout;
     VkPipelineLayout pipe_layout;
     VkShaderModule modules[VK_SH_COUNT];
+    /* Per shader, from its SPIR-V (vk_pipeline.c): bindings it declares and
+     * those not declared readonly (bit i = binding i). */
+    uint8_t binds_used[VK_SH_COUNT], binds_written[VK_SH_COUNT];
     VkPipeline pipes[VK_SH_COUNT][VK_SPEC_VALUES];
     VkPipelineCache pipe_cache; /* persisted under the cache directory */
     int pipe_cache_dirty;       /* a pipeline was created: save at destroy */
@@ -166,6 +217,13 @@ typedef struct vk_binding {
 
 /* vk_device.c */
 extern const duet_device_ops duet_vk_ops;
+
+/* vk_device.c: DUET_ERR_DEVICE "Vulkan: <what>: device lost" once the
+ * device was lost (every call after a VK_ERROR_DEVICE_LOST), else DUET_OK. */
+duet_status duet_vk_check_lost(vk_ctx *c, const char *what);
+/* vr as a duet_status with a message naming what; VK_ERROR_DEVICE_LOST
+ * marks the device lost. */
+duet_status duet_vk_check(vk_ctx *c, VkResult vr, const char *what);
 
 /* vk_memory.c */
 duet_status duet_vk_buffer_alloc(void *ctx, size_t size, duet_buffer **out);
@@ -199,9 +257,10 @@ duet_status duet_vk_download(void *ctx, duet_stream *s, duet_addr src, void *dst
 duet_status duet_vk_stream_scratch(vk_ctx *c, duet_stream *s, size_t n, vk_binding *binding,
                                    void **host);
 /* Record one dispatch of shader sh (specialized with spec) with bindings
- * b[0..nb) and push constants pc; a barrier orders it after everything
- * recorded before. Groups beyond the device's limits are the caller's
- * problem (see vk_grid). */
+ * b[0..nb) and push constants pc; a barrier orders it after the commands
+ * recorded before whose ranges it conflicts with (read after write, write
+ * after read or write; which bindings a shader writes comes from its
+ * SPIR-V). Groups beyond the device's limits are the caller's problem. */
 duet_status duet_vk_dispatch(vk_ctx *c, duet_stream *s, vk_shader sh, uint32_t spec,
                              const vk_binding *b, int nb, const void *pc, uint32_t pc_size,
                              uint32_t gx, uint32_t gy, uint32_t gz);
@@ -209,7 +268,14 @@ duet_status duet_vk_dispatch(vk_ctx *c, duet_stream *s, vk_shader sh, uint32_t s
 /* vk_pipeline.c */
 duet_status duet_vk_pipelines_init(vk_ctx *c);
 void duet_vk_pipelines_free(vk_ctx *c);
+/* The pipeline, created on first use; also fills binds_used/written[sh].
+ * DUET_ERR_DEVICE naming the shader and variant when creation fails. */
 duet_status duet_vk_pipeline_get(vk_ctx *c, vk_shader sh, uint32_t spec, VkPipeline *out);
+/* Bit i set when the SPIR-V declares storage buffer binding i (used) and
+ * does not declare it readonly (written). 0 on malformed SPIR-V. Exposed
+ * for tests. */
+int duet_vk_spirv_bindings(const uint32_t *words, size_t n_words, uint8_t *used,
+                           uint8_t *written);
 
 /* vk_ops.c: the op recorders */
 duet_status duet_vk_embed(void *ctx, duet_stream *s, const duet_embed_args *a);

@@ -42,7 +42,11 @@ duet_status duet_vk_raw_buffer(vk_ctx *c, uint64_t size, uint32_t mem_type, VkBu
         .allocationSize = req.size,
         .memoryTypeIndex = mem_type,
     };
-    vr = c->fd.vkAllocateMemory(c->dev, &mai, NULL, mem);
+    /* DUET_VK_FAULT=oom[:N] (tests): allocations after the first N fail. */
+    if (c->fault.kind == VK_FAULT_OOM && atomic_fetch_add(&c->n_allocs, 1) >= c->fault.n)
+        vr = VK_ERROR_OUT_OF_DEVICE_MEMORY;
+    else
+        vr = c->fd.vkAllocateMemory(c->dev, &mai, NULL, mem);
     if (vr == VK_SUCCESS)
         vr = c->fd.vkBindBufferMemory(c->dev, *buf, *mem, 0);
     if (vr == VK_SUCCESS && map)
@@ -51,9 +55,13 @@ duet_status duet_vk_raw_buffer(vk_ctx *c, uint64_t size, uint32_t mem_type, VkBu
         duet_vk_raw_buffer_free(c, *buf, *mem);
         *buf = VK_NULL_HANDLE;
         *mem = VK_NULL_HANDLE;
+        if (vr == VK_ERROR_DEVICE_LOST)
+            atomic_store(&c->lost, 1);
         return duet_error(duet_vk_status(vr),
-                          "Vulkan: allocating %llu bytes of device memory (type %u): %s",
-                          (unsigned long long)req.size, mem_type, duet_vk_result_name(vr));
+                          "Vulkan: allocating %llu bytes of %s memory (type %u) on %s: %s",
+                          (unsigned long long)req.size,
+                          mem_type == c->mem_device ? "device-local" : "host-visible", mem_type,
+                          c->caps.name, duet_vk_result_name(vr));
     }
     return DUET_OK;
 }
@@ -70,6 +78,16 @@ duet_status duet_vk_buffer_alloc(void *ctx, size_t size, duet_buffer **out)
 {
     vk_ctx *c = ctx;
     *out = NULL;
+    duet_status rc = duet_vk_check_lost(c, "allocating a buffer");
+    if (rc)
+        return rc;
+    /* Say so before asking the driver: a buffer larger than the heap fails
+     * anyway, often after a long wait or with a less helpful error. */
+    if (size > c->device_heap_bytes)
+        return duet_error(DUET_ERR_OUT_OF_MEMORY,
+                          "Vulkan: a buffer of %zu bytes is larger than the device-local heap "
+                          "of %s (%llu bytes)",
+                          size, c->caps.name, (unsigned long long)c->device_heap_bytes);
     uint64_t stride = c->chunk_cap - c->halo;
     uint32_t n = 1;
     if (size > c->chunk_cap)
@@ -83,12 +101,13 @@ duet_status duet_vk_buffer_alloc(void *ctx, size_t size, duet_buffer **out)
         vk_chunk *ch = &b->chunk[i];
         ch->start = (uint64_t)i * stride;
         ch->size = size - ch->start < c->chunk_cap ? size - ch->start : c->chunk_cap;
-        duet_status rc = duet_vk_raw_buffer(c, ch->size, c->mem_device, &ch->buf, &ch->mem,
-                                            c->device_mem_mapped ? &ch->map : NULL);
+        rc = duet_vk_raw_buffer(c, ch->size, c->mem_device, &ch->buf, &ch->mem,
+                                c->device_mem_mapped ? &ch->map : NULL);
         if (rc) {
             duet_vk_buffer_free(c, b);
-            return duet_error_wrap(rc, "Vulkan: buffer of %zu bytes (chunk %u of %u)", size,
-                                   i + 1, n);
+            return duet_error_wrap(rc, "Vulkan: buffer of %zu bytes (chunk %u of %u; heap of "
+                                   "%llu bytes)",
+                                   size, i + 1, n, (unsigned long long)c->device_heap_bytes);
         }
     }
     *out = b;
@@ -121,6 +140,9 @@ static uint32_t primary_chunk(const vk_ctx *c, const duet_buffer *b, uint64_t at
 duet_status duet_vk_buffer_write(void *ctx, duet_addr dst, const void *src, size_t n)
 {
     vk_ctx *c = ctx;
+    duet_status rc = duet_vk_check_lost(c, "buffer_write");
+    if (rc)
+        return rc;
     if (c->device_mem_mapped) {
         /* Every copy of every byte (chunks overlap). */
         const duet_buffer *b = dst.buf;
@@ -135,7 +157,6 @@ duet_status duet_vk_buffer_write(void *ctx, duet_addr dst, const void *src, size
         return DUET_OK;
     }
     /* Through the sync stream's staging, a piece at a time. */
-    duet_status rc = DUET_OK;
     pthread_mutex_lock(&c->sync_lock);
     for (size_t done = 0; done < n && rc == DUET_OK;) {
         size_t piece = n - done < VK_STAGING_BLOCK ? n - done : VK_STAGING_BLOCK;
@@ -156,6 +177,9 @@ duet_status duet_vk_buffer_write(void *ctx, duet_addr dst, const void *src, size
 duet_status duet_vk_buffer_read(void *ctx, duet_addr src, void *dst, size_t n)
 {
     vk_ctx *c = ctx;
+    duet_status rc = duet_vk_check_lost(c, "buffer_read");
+    if (rc)
+        return rc;
     if (c->device_mem_mapped) {
         const duet_buffer *b = src.buf;
         for (size_t done = 0; done < n;) {
@@ -168,7 +192,6 @@ duet_status duet_vk_buffer_read(void *ctx, duet_addr src, void *dst, size_t n)
         }
         return DUET_OK;
     }
-    duet_status rc = DUET_OK;
     pthread_mutex_lock(&c->sync_lock);
     for (size_t done = 0; done < n && rc == DUET_OK;) {
         size_t piece = n - done < VK_STAGING_BLOCK ? n - done : VK_STAGING_BLOCK;

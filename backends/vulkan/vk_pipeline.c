@@ -196,6 +196,82 @@ void duet_vk_pipelines_free(vk_ctx *c)
         c->fd.vkDestroyDescriptorSetLayout(c->dev, c->set_layout, NULL);
 }
 
+/* ---- which bindings a shader reads and writes --------------------------------- */
+
+enum {
+    SPV_MAGIC = 0x07230203,
+    OP_TYPE_POINTER = 32,
+    OP_VARIABLE = 59,
+    OP_DECORATE = 71,
+    OP_MEMBER_DECORATE = 72,
+    DEC_NON_WRITABLE = 24,
+    DEC_BINDING = 33,
+    SC_UNIFORM = 2,
+    SC_STORAGE_BUFFER = 12,
+};
+
+/* A storage buffer is read-only when its variable or every member of its
+ * block is NonWritable (glslang puts `readonly` on the members). The
+ * validation layer's synchronization checks read the same decorations, so
+ * the hazard tracking and the checker agree on what a dispatch writes. */
+int duet_vk_spirv_bindings(const uint32_t *w, size_t n, uint8_t *used, uint8_t *written)
+{
+    *used = *written = 0;
+    if (n < 5 || w[0] != SPV_MAGIC || w[3] == 0 || w[3] > (1u << 20))
+        return 0;
+    uint32_t bound = w[3];
+    /* Per id: binding + 1 (0 = none), pointee, NonWritable, members seen
+     * and members NonWritable (for block types). */
+    uint32_t *binding = calloc(bound, sizeof *binding), *pointee = calloc(bound, sizeof *pointee);
+    uint32_t *members = calloc(bound, sizeof *members);
+    uint32_t *ro_members = calloc(bound, sizeof *ro_members);
+    uint8_t *ro = calloc(bound, 1);
+    int ok = binding && pointee && members && ro_members && ro;
+    for (size_t i = 5; ok && i < n;) {
+        uint32_t len = w[i] >> 16, op = w[i] & 0xffff;
+        if (len == 0 || i + len > n) {
+            ok = 0;
+            break;
+        }
+        const uint32_t *a = &w[i + 1];
+        if (op == OP_DECORATE && len >= 3 && a[0] < bound) {
+            if (a[1] == DEC_BINDING && len >= 4)
+                binding[a[0]] = a[2] + 1;
+            if (a[1] == DEC_NON_WRITABLE)
+                ro[a[0]] = 1;
+        } else if (op == OP_MEMBER_DECORATE && len >= 4 && a[0] < bound) {
+            if (a[1] + 1 > members[a[0]])
+                members[a[0]] = a[1] + 1;
+            if (a[2] == DEC_NON_WRITABLE)
+                ro_members[a[0]]++;
+        } else if (op == OP_TYPE_POINTER && len >= 4 && a[0] < bound) {
+            pointee[a[0]] = a[2];
+        }
+        i += len;
+    }
+    /* Variables come after the decorations and types they refer to. */
+    for (size_t i = 5; ok && i < n; i += w[i] >> 16) {
+        uint32_t len = w[i] >> 16, op = w[i] & 0xffff;
+        const uint32_t *a = &w[i + 1];
+        if (op != OP_VARIABLE || len < 4 || a[0] >= bound || a[1] >= bound)
+            continue;
+        if ((a[2] != SC_STORAGE_BUFFER && a[2] != SC_UNIFORM) || !binding[a[1]])
+            continue;
+        uint32_t b = binding[a[1]] - 1, type = pointee[a[0]];
+        if (b >= 8 || type >= bound)
+            continue;
+        int readonly = ro[a[1]] || ro[type] ||
+                       (members[type] > 0 && ro_members[type] >= members[type]);
+        *used |= (uint8_t)(1u << b);
+        if (!readonly)
+            *written |= (uint8_t)(1u << b);
+    }
+    free(binding), free(pointee), free(members), free(ro_members), free(ro);
+    if (!ok)
+        *used = *written = 0;
+    return ok;
+}
+
 static duet_status module_get(vk_ctx *c, vk_shader sh, VkShaderModule *out)
 {
     if (c->modules[sh]) {
@@ -209,6 +285,10 @@ static duet_status module_get(vk_ctx *c, vk_shader sh, VkShaderModule *out)
     if (!spv)
         return duet_error(DUET_ERR_INTERNAL, "Vulkan: no embedded SPIR-V for shader '%s'",
                           shader_names[sh]);
+    /* Unreadable SPIR-V: assume every binding is read and written. */
+    if (!duet_vk_spirv_bindings(spv->words, spv->n_words, &c->binds_used[sh],
+                                &c->binds_written[sh]))
+        c->binds_used[sh] = c->binds_written[sh] = 0xff;
     VkShaderModuleCreateInfo smci = {
         .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
         .codeSize = spv->n_words * 4,
@@ -217,8 +297,9 @@ static duet_status module_get(vk_ctx *c, vk_shader sh, VkShaderModule *out)
     VkResult vr = c->fd.vkCreateShaderModule(c->dev, &smci, NULL, &c->modules[sh]);
     if (vr != VK_SUCCESS) {
         c->modules[sh] = VK_NULL_HANDLE;
-        return duet_error(duet_vk_status(vr), "Vulkan: creating shader module '%s': %s",
-                          shader_names[sh], duet_vk_result_name(vr));
+        return duet_error(duet_vk_status(vr),
+                          "Vulkan: creating the shader module for op '%s' on %s: %s",
+                          shader_names[sh], c->caps.name, duet_vk_result_name(vr));
     }
     *out = c->modules[sh];
     return DUET_OK;
@@ -252,13 +333,20 @@ duet_status duet_vk_pipeline_get(vk_ctx *c, vk_shader sh, uint32_t spec, VkPipel
         },
         .layout = c->pipe_layout,
     };
-    VkResult vr = c->fd.vkCreateComputePipelines(c->dev, c->pipe_cache, 1, &cpci, NULL,
-                                                 &c->pipes[sh][spec]);
+    VkResult vr;
+    if (c->fault.kind == VK_FAULT_PIPELINE &&
+        (!c->fault.shader[0] || strcmp(c->fault.shader, shader_names[sh]) == 0))
+        vr = VK_ERROR_INITIALIZATION_FAILED; /* DUET_VK_FAULT=pipeline (tests) */
+    else
+        vr = c->fd.vkCreateComputePipelines(c->dev, c->pipe_cache, 1, &cpci, NULL,
+                                            &c->pipes[sh][spec]);
     c->pipe_cache_dirty = 1;
     if (vr != VK_SUCCESS) {
         c->pipes[sh][spec] = VK_NULL_HANDLE;
-        rc = duet_error(duet_vk_status(vr), "Vulkan: creating the '%s' pipeline (variant %u): %s",
-                        shader_names[sh], spec, duet_vk_result_name(vr));
+        rc = duet_error(duet_vk_status(vr),
+                        "Vulkan: creating the compute pipeline for op '%s' (variant %u) on %s: "
+                        "%s",
+                        shader_names[sh], spec, c->caps.name, duet_vk_result_name(vr));
     }
 out_unlock:
     *out = c->pipes[sh][spec];
