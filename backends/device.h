@@ -60,6 +60,10 @@ typedef struct duet_device_info {
     uint64_t mem_total; /* bytes of device memory; host RAM on CPU */
     uint64_t mem_free;
     int n_threads;      /* CPU: worker threads; GPU: 0 */
+    uint64_t max_range; /* the most bytes of one buffer an op argument may
+                           span (Vulkan: maxStorageBufferRange, aligned);
+                           0 = no limit. The engine keeps one layer's K (or
+                           V) cache within it. */
 } duet_device_info;
 
 /* ---- op arguments ----------------------------------------------------- */

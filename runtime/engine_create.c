@@ -25,6 +25,8 @@ typedef struct kv_plan {
     uint64_t weights, activations;
     int num_blocks;      /* including the null block */
     int max_model_len;
+    int range_blocks;    /* > 0: blocks were capped at this by the device's
+                            largest bindable range (one layer's K cache) */
 } kv_plan;
 
 /* Logit rows per step: one per running request, plus the prompt-logprob
@@ -72,17 +74,29 @@ static duet_status plan_kv(duet_model *m, const duet_engine_options *o, int bloc
     uint64_t blocks = p->kv_bytes / per_block;
     if (blocks > (uint64_t)INT32_MAX / (uint64_t)block_size - 1)
         blocks = (uint64_t)INT32_MAX / (uint64_t)block_size - 1;
+    /* Ops address one layer's K (or V) cache, null block included, as one
+     * range: keep it within what the device can bind (128 MiB on lavapipe;
+     * a few GiB on most GPUs). */
+    uint64_t layer_block = per_block / (2ull * (uint64_t)c->n_layers);
+    if (info.max_range && layer_block && blocks + 1 > info.max_range / layer_block) {
+        uint64_t cap = info.max_range / layer_block;
+        blocks = cap > 0 ? cap - 1 : 0;
+        p->range_blocks = (int)blocks;
+        p->kv_bytes = blocks * per_block;
+    }
     uint64_t need_blocks = ((uint64_t)want_len + block_size - 1) / block_size;
     if (blocks < need_blocks) {
         if (o->max_model_len > 0 || blocks == 0)
             return duet_error(DUET_ERR_OUT_OF_MEMORY,
                               "one sequence of max_model_len %d needs %.1f MiB of KV cache but "
                               "only %.1f MiB is available (weights %.1f MiB, activations %.1f "
-                              "MiB); raise --kv-cache-memory or --gpu-memory-utilization, or "
+                              "MiB%s); raise --kv-cache-memory or --gpu-memory-utilization, or "
                               "lower --max-model-len",
                               want_len, need_blocks * (double)per_block / 1048576.0,
                               p->kv_bytes / 1048576.0, p->weights / 1048576.0,
-                              p->activations / 1048576.0);
+                              p->activations / 1048576.0,
+                              p->range_blocks ? "; capped by the device's largest buffer "
+                                                "range per layer" : "");
         want_len = (int)(blocks * (uint64_t)block_size); /* clamp the default */
     }
     p->num_blocks = (int)blocks + 1; /* + the null block */
@@ -199,9 +213,11 @@ duet_status duet_engine_create(duet_model *m, const duet_engine_options *opts, d
     int tokens = (plan.num_blocks - 1) * block_size;
     snprintf(e->kv_summary, sizeof e->kv_summary,
              "KV cache: %d blocks of %d tokens = %d tokens (%.1f MiB), max concurrency %.2fx "
-             "at max_model_len %d",
+             "at max_model_len %d%s",
              plan.num_blocks - 1, block_size, tokens, plan.kv_bytes / 1048576.0,
-             (double)tokens / plan.max_model_len, plan.max_model_len);
+             (double)tokens / plan.max_model_len, plan.max_model_len,
+             plan.range_blocks ? " (capped: one layer's K cache must fit the device's largest "
+                                 "buffer range)" : "");
     *out = e;
     return DUET_OK;
 

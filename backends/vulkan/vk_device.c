@@ -433,6 +433,7 @@ static void vk_get_info(void *ctx, duet_device_info *out)
     out->mem_total = c->caps.device_local_bytes;
     out->mem_free = c->caps.device_local_bytes; /* VK_EXT_memory_budget: later */
     out->n_threads = 0;
+    out->max_range = duet_vk_max_bind(c);
 }
 
 /* Sizes of the memory model (vk_internal.h). */
