@@ -7,17 +7,8 @@ set -u
 duet="$1"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-failures=0
-ok() { echo "ok   $1"; }
-bad() { failures=$((failures + 1)); echo "FAIL $1"; }
-
-if ! "$duet" devices --json 2>/dev/null | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-sys.exit(0 if any(x.get("backend") == "vulkan" and x.get("usable") for x in d.get("devices", [])) else 1)'; then
-  echo "skip: no usable Vulkan device"
-  exit 77
-fi
+. "$(dirname "$0")/vulkan_test_lib.bash"
+require_vulkan
 
 prompt="The capital of France is"
 run() { # device extra-args... -> $tmp/<device>-<tag>.txt
@@ -47,5 +38,4 @@ for tag in greedy sampled; do
     ok "$tag: no validation message"
   fi
 done
-[ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
-echo "all passed"
+finish

@@ -14,17 +14,8 @@ tmp="$(mktemp -d)"
 pid=""
 cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
-failures=0
-ok() { echo "ok   $1"; }
-bad() { failures=$((failures + 1)); echo "FAIL $1"; }
-
-if ! "$duet" devices --json 2>/dev/null | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-sys.exit(0 if any(x.get("backend") == "vulkan" and x.get("usable") for x in d.get("devices", [])) else 1)'; then
-  echo "skip: no usable Vulkan device"
-  exit 77
-fi
+. "$(dirname "$0")/vulkan_test_lib.bash"
+require_vulkan
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 url="http://127.0.0.1:$port"
 
@@ -110,5 +101,4 @@ else
   bad "server with pipeline fault did not start: $(tail -3 "$tmp/serve.log")"
 fi
 
-[ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
-echo "all passed"
+finish
