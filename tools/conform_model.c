@@ -401,14 +401,14 @@ duet_status conform_model_run_all(conform_run *r, const conform_model_opts *o,
         rc = side_load(&side[k], spec[k], k && o->path2 ? o->path2 : o->path, o);
     if (rc == DUET_OK && duet_model_vocab_size(side[0].m) != duet_model_vocab_size(side[1].m))
         rc = duet_error(DUET_ERR_INVALID_ARG,
-                        "conform: --model2 '%s' has %d tokens but the model has %d; the two "
+                        "--model2 '%s' has %d tokens but the model has %d; the two "
                         "must share a tokenizer", o->path2,
                         duet_model_vocab_size(side[1].m), duet_model_vocab_size(side[0].m));
     if (rc == DUET_OK)
         rc = prompts_tokenize(side[0].m, n, &ps);
     if (rc == DUET_OK && (size_t)o->n_gen + ps.longest + 1 > (size_t)duet_model_context_length(side[0].m))
         rc = duet_error(DUET_ERR_INVALID_ARG,
-                        "conform: the longest prompt (%zu tokens) + --gen-tokens %d exceed the "
+                        "the longest prompt (%zu tokens) + --gen-tokens %d exceed the "
                         "model's context of %d tokens",
                         ps.longest, o->n_gen, duet_model_context_length(side[0].m));
     duet_session_options so = {.max_context = (int)ps.longest + 1};
