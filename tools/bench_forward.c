@@ -267,7 +267,8 @@ static duet_status run_prefill(duet_model *m, const fwd_opts *o, double *secs)
         .block_size = BLOCK, .max_blocks_per_seq = bps, .kv_type = o->kv_type,
     };
     duet_runner *r = NULL;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n * 3), *table = malloc(sizeof(int32_t) * (size_t)bps);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n * 3);
+    int32_t *table = malloc(sizeof(int32_t) * (size_t)bps);
     duet_status rc = DUET_OK;
     if (!ids || !table) {
         rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "bench forward: out of host memory");

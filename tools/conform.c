@@ -322,8 +322,9 @@ static int write_json(const conform_run *r, unsigned seed, const char *path, int
         json_array_append_new(rows, o);
     }
     json_object_set_new(root, "results", rows);
-    json_object_set_new(root, "summary", json_pack("{sisisi}", "pass", counts[CONFORM_PASS], "fail",
-                                                   counts[CONFORM_FAIL], "skip", counts[CONFORM_SKIP]));
+    json_object_set_new(root, "summary",
+                        json_pack("{sisisi}", "pass", counts[CONFORM_PASS], "fail",
+                                  counts[CONFORM_FAIL], "skip", counts[CONFORM_SKIP]));
     int bad = strcmp(path, "-") == 0 ? json_dumpf(root, stdout, JSON_INDENT(1))
                                      : json_dump_file(root, path, JSON_INDENT(1));
     if (!bad && strcmp(path, "-") == 0)
@@ -447,7 +448,8 @@ int cmd_conform(int argc, char **argv)
         {"backends", required_argument, NULL, 'b'}, {"ops", required_argument, NULL, 'o'},
         {"filter", required_argument, NULL, 'f'},   {"json", required_argument, NULL, 'j'},
         {"seed", required_argument, NULL, 's'},     {"help", no_argument, NULL, 'h'},
-        {"model", required_argument, NULL, 'm'},    {"prompts", required_argument, NULL, OPT_PROMPTS},
+        {"model", required_argument, NULL, 'm'},
+        {"prompts", required_argument, NULL, OPT_PROMPTS},
         {"gen-tokens", required_argument, NULL, OPT_GEN},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"model2", required_argument, NULL, OPT_MODEL2},   {NULL, 0, NULL, 0}};

@@ -406,7 +406,8 @@ duet_status conform_model_run_all(conform_run *r, const conform_model_opts *o,
                         duet_model_vocab_size(side[1].m), duet_model_vocab_size(side[0].m));
     if (rc == DUET_OK)
         rc = prompts_tokenize(side[0].m, n, &ps);
-    if (rc == DUET_OK && (size_t)o->n_gen + ps.longest + 1 > (size_t)duet_model_context_length(side[0].m))
+    if (rc == DUET_OK &&
+        (size_t)o->n_gen + ps.longest + 1 > (size_t)duet_model_context_length(side[0].m))
         rc = duet_error(DUET_ERR_INVALID_ARG,
                         "the longest prompt (%zu tokens) + --gen-tokens %d exceed the "
                         "model's context of %d tokens",
