@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --duet) duet="${2:?--duet needs a path}"; shift ;;
     --bundle) bundle_dir="${2:?--bundle needs a folder}"; shift ;;
-    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
