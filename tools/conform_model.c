@@ -393,8 +393,10 @@ duet_status conform_model_run_all(conform_run *r, const conform_model_opts *o,
     *n_validation = 0;
     if (o->source.load_format && strcmp(o->source.load_format, "dummy") == 0) {
         const char *t = o->source.dummy_dtype ? o->source.dummy_dtype : "q4_1";
-        for (size_t i = 0; i + 1 < sizeof type; i++)
+        size_t i = 0;
+        for (; t[i] && i + 1 < sizeof type; i++)
             type[i] = t[i] >= 'a' && t[i] <= 'z' ? (char)(t[i] - 32) : t[i];
+        type[i] = 0;
     }
 
     for (int k = 0; k < 2 && rc == DUET_OK; k++)
