@@ -13,6 +13,9 @@
 #include "duet.h"
 #include "engine_args.h"
 
+int cmd_bench_forward(int argc, char **argv);   /* bench_forward.c */
+int cmd_bench_bandwidth(int argc, char **argv); /* bench_bandwidth.c */
+
 static const char *help =
     "usage: duet bench latency [options]\n"
     "\n"
@@ -72,17 +75,26 @@ int cmd_bench(int argc, char **argv)
         return duet_cmd_bench_sampler(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "serve") == 0)
         return duet_cmd_bench_serve(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "forward") == 0)
+        return cmd_bench_forward(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "bandwidth") == 0)
+        return cmd_bench_bandwidth(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "latency") != 0) {
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-            printf("usage: duet bench latency|throughput|sampler|serve [options]\n"
+            printf("usage: duet bench latency|throughput|sampler|serve|forward|bandwidth "
+                   "[options]\n"
                    "  latency     single-stream prompt and decode speed (like llama-bench)\n"
                    "  throughput  offline batched throughput (like vllm bench throughput)\n"
                    "  sampler     the sample op alone: rows x vocabulary, reference vs fast\n"
                    "  serve       load an OpenAI-compatible server (like vllm bench serve)\n"
+                   "  forward     the forward pass alone: batched decode steps and a long\n"
+                   "              prefill, tok/s and achieved memory bandwidth\n"
+                   "  bandwidth   device-local copy bandwidth of a Vulkan device\n"
                    "'duet bench MODE --help' describes a mode's options.\n");
             return 0;
         }
-        fprintf(stderr, "duet bench: unknown mode '%s'; available: latency, throughput, sampler, serve\n",
+        fprintf(stderr, "duet bench: unknown mode '%s'; available: latency, throughput, sampler, "
+                        "serve, forward, bandwidth\n",
                 argc >= 2 ? argv[1] : "");
         return 2;
     }

@@ -18,21 +18,22 @@
 #include "cli.h"
 #include "conform.h"
 #include "duet.h"
+#include "engine_args.h"
 #include "error.h"
 #ifdef DUET_HAVE_VULKAN
 #include "vulkan_backend.h"
 #endif
 
-typedef enum row_status { ROW_PASS = 0, ROW_FAIL = 1, ROW_SKIP = 2 } row_status;
 static const char *const status_names[] = {"PASS", "FAIL", "SKIP"};
 const char *const conform_op_names[] = {"embed",  "rms_norm", "matmul", "rope",
                                         "kv_write", "attention", "swiglu", "add",
-                                        "gather_rows", "sample", NULL};
+                                        "gather_rows", "sample", "model", NULL};
 
 typedef struct conform_row {
     char op[16], shape[64], type[8];
-    double nmse, threshold;
-    row_status status;
+    const char *metric; /* "nmse" for the ops */
+    double nmse, threshold; /* nmse: the metric's value */
+    conform_status status;
     char note[200];
 } conform_row;
 
@@ -175,15 +176,16 @@ static void compare_buf(cmp_acc *acc, const conform_buf *cb, int idx, const void
 
 /* ---- the report ------------------------------------------------------------------ */
 
-static int op_selected(const conform_run *r, const conform_case *c)
+int conform_selected(const conform_run *r, const char *op, const char *shape, const char *type)
 {
     if (r->ops) {
-        size_t n = strlen(c->op);
+        size_t n = strlen(op), group = strcspn(op, ".");
         const char *p = r->ops;
         int found = 0;
         while (*p && !found) {
             size_t len = strcspn(p, ",");
-            found = len == n && strncmp(p, c->op, n) == 0;
+            found = (len == n && strncmp(p, op, n) == 0) ||
+                    (len == group && strncmp(p, op, group) == 0);
             p += len + (p[len] == ',');
         }
         if (!found)
@@ -191,38 +193,73 @@ static int op_selected(const conform_run *r, const conform_case *c)
     }
     if (r->filter) {
         char full[160];
-        snprintf(full, sizeof full, "%s %s %s", c->op, c->shape, c->type);
+        snprintf(full, sizeof full, "%s %s %s", op, shape, type);
         return strstr(full, r->filter) != NULL;
     }
     return 1;
 }
 
+const char *conform_backend(const conform_run *r, int k) { return r->side[k].spec; }
+
+static int op_selected(const conform_run *r, const conform_case *c)
+{
+    return conform_selected(r, c->op, c->shape, c->type);
+}
+
 static void print_row(FILE *f, const conform_row *w)
 {
     char nmse[24];
-    if (w->status == ROW_SKIP)
+    if (w->status == CONFORM_SKIP)
         snprintf(nmse, sizeof nmse, "-");
     else
         snprintf(nmse, sizeof nmse, "%.3g", w->nmse);
-    fprintf(f, "%-11s %-50s %-5s %10s %8.0e  %s%s%s\n", w->op, w->shape, w->type, nmse,
+    fprintf(f, "%-13s %-50s %-5s %10s %8.0e  %s%s%s\n", w->op, w->shape, w->type, nmse,
             w->threshold, status_names[w->status], w->note[0] ? "  " : "", w->note);
     fflush(f);
+}
+
+static conform_row *new_row(conform_run *r)
+{
+    if (r->n_rows == r->cap_rows) {
+        int cap = r->cap_rows ? 2 * r->cap_rows : 64;
+        conform_row *rows = realloc(r->rows, sizeof *rows * (size_t)cap);
+        if (!rows) {
+            duet_error(DUET_ERR_OUT_OF_MEMORY, "conform: out of host memory");
+            return NULL;
+        }
+        r->rows = rows;
+        r->cap_rows = cap;
+    }
+    conform_row *w = &r->rows[r->n_rows++];
+    memset(w, 0, sizeof *w);
+    w->metric = "nmse";
+    return w;
+}
+
+duet_status conform_row_add(conform_run *r, const conform_result *res)
+{
+    conform_row *w = new_row(r);
+    if (!w)
+        return DUET_ERR_OUT_OF_MEMORY;
+    snprintf(w->op, sizeof w->op, "%s", res->op);
+    snprintf(w->shape, sizeof w->shape, "%s", res->shape);
+    snprintf(w->type, sizeof w->type, "%s", res->type);
+    snprintf(w->note, sizeof w->note, "%s", res->note);
+    w->metric = res->metric;
+    w->nmse = res->value;
+    w->threshold = res->threshold;
+    w->status = res->status;
+    print_row(r->table, w);
+    return DUET_OK;
 }
 
 duet_status conform_case_run(conform_run *r, const conform_case *c)
 {
     if (!op_selected(r, c))
         return DUET_OK;
-    if (r->n_rows == r->cap_rows) {
-        int cap = r->cap_rows ? 2 * r->cap_rows : 64;
-        conform_row *rows = realloc(r->rows, sizeof *rows * (size_t)cap);
-        if (!rows)
-            return duet_error(DUET_ERR_OUT_OF_MEMORY, "conform: out of host memory");
-        r->rows = rows;
-        r->cap_rows = cap;
-    }
-    conform_row *w = &r->rows[r->n_rows++];
-    memset(w, 0, sizeof *w);
+    conform_row *w = new_row(r);
+    if (!w)
+        return DUET_ERR_OUT_OF_MEMORY;
     snprintf(w->op, sizeof w->op, "%s", c->op);
     snprintf(w->shape, sizeof w->shape, "%s", c->shape);
     snprintf(w->type, sizeof w->type, "%s", c->type);
@@ -230,30 +267,30 @@ duet_status conform_case_run(conform_run *r, const conform_case *c)
 
     void *host[2][CONFORM_MAX_BUFS] = {{0}};
     duet_status rc = DUET_OK;
-    for (int k = 0; k < 2 && w->status == ROW_PASS; k++) {
+    for (int k = 0; k < 2 && w->status == CONFORM_PASS; k++) {
         duet_status st = run_side(&r->side[k], c, host[k]);
         if (st == DUET_ERR_UNSUPPORTED) {
-            w->status = ROW_SKIP;
+            w->status = CONFORM_SKIP;
             snprintf(w->note, sizeof w->note, "unsupported by %s", r->side[k].spec);
         } else if (st == DUET_ERR_OUT_OF_MEMORY) {
             rc = duet_error_wrap(st, "%s on %s", c->op, r->side[k].spec);
         } else if (st != DUET_OK) {
-            w->status = ROW_FAIL;
+            w->status = CONFORM_FAIL;
             snprintf(w->note, sizeof w->note, "%s: %s", r->side[k].spec, duet_last_error());
         }
         duet_error_clear();
     }
-    if (rc == DUET_OK && w->status == ROW_PASS) {
+    if (rc == DUET_OK && w->status == CONFORM_PASS) {
         cmp_acc acc = {0};
         for (int i = 0; i < c->n_bufs; i++)
             if (c->bufs[i].role != CONFORM_IN)
                 compare_buf(&acc, &c->bufs[i], i, host[1][i], host[0][i]);
         w->nmse = acc.num / (acc.den > 1e-30 ? acc.den : 1e-30);
         if (acc.bad) {
-            w->status = ROW_FAIL;
+            w->status = CONFORM_FAIL;
             snprintf(w->note, sizeof w->note, "%s", acc.note);
         } else if (!(w->nmse <= c->threshold)) {
-            w->status = ROW_FAIL;
+            w->status = CONFORM_FAIL;
         }
     }
     for (int k = 0; k < 2; k++)
@@ -273,9 +310,11 @@ static int write_json(const conform_run *r, unsigned seed, const char *path, int
     json_object_set_new(root, "seed", json_integer(seed));
     for (int i = 0; i < r->n_rows; i++) {
         const conform_row *w = &r->rows[i];
-        json_t *o = json_pack("{ssssss}", "op", w->op, "shape", w->shape, "type", w->type);
-        /* JSON has no NaN/Inf: a skipped or non-finite NMSE is null. */
-        json_object_set_new(o, "nmse", w->status != ROW_SKIP && isfinite(w->nmse)
+        json_t *o = json_pack("{ssssssss}", "op", w->op, "shape", w->shape, "type", w->type,
+                              "metric", w->metric);
+        /* JSON has no NaN/Inf: a skipped or non-finite value is null. The
+         * field keeps its name "nmse" for every metric (see "metric"). */
+        json_object_set_new(o, "nmse", w->status != CONFORM_SKIP && isfinite(w->nmse)
                                            ? json_real(w->nmse) : json_null());
         json_object_set_new(o, "threshold", json_real(w->threshold));
         json_object_set_new(o, "status", json_string(status_names[w->status]));
@@ -283,8 +322,9 @@ static int write_json(const conform_run *r, unsigned seed, const char *path, int
         json_array_append_new(rows, o);
     }
     json_object_set_new(root, "results", rows);
-    json_object_set_new(root, "summary", json_pack("{sisisi}", "pass", counts[ROW_PASS], "fail",
-                                                   counts[ROW_FAIL], "skip", counts[ROW_SKIP]));
+    json_object_set_new(root, "summary",
+                        json_pack("{sisisi}", "pass", counts[CONFORM_PASS], "fail",
+                                  counts[CONFORM_FAIL], "skip", counts[CONFORM_SKIP]));
     int bad = strcmp(path, "-") == 0 ? json_dumpf(root, stdout, JSON_INDENT(1))
                                      : json_dump_file(root, path, JSON_INDENT(1));
     if (!bad && strcmp(path, "-") == 0)
@@ -344,14 +384,26 @@ static const char *help =
 #endif
     ")\n"
     "  --ops LIST           only these ops (comma-separated): embed, rms_norm, matmul,\n"
-    "                       rope, kv_write, attention, swiglu, add, gather_rows, sample\n"
+    "                       rope, kv_write, attention, swiglu, add, gather_rows, sample,\n"
+    "                       model (the end-to-end rows; without --model: the default model)\n"
     "  --filter TEXT        only cases whose \"op shape type\" contains TEXT\n"
     "  --json PATH          also write the results as JSON ('-' = stdout; the table\n"
     "                       then goes to stderr)\n"
     "  --seed N             input seed (default 1)\n"
     "  -h, --help           this help\n"
+    "End to end (after the ops, when a model is given): the model is loaded on both\n"
+    "backends and run over fixed prompts: model.logits (teacher-forced logits, NMSE <=\n"
+    "2e-3), model.top1 (positions whose top-1 token differs, <= 0.5%), model.greedy\n"
+    "(greedy tokens, identical) and model.sampled (temperature 0.8, top-p 0.9, fixed\n"
+    "seeds, identical; SKIP when a backend has no sample op).\n"
+    "  -m, --model FILE     GGUF model (or a dummy shape with --model-config)\n"
+    "  --prompts N          fixture prompts to use (default: all 6)\n"
+    "  --gen-tokens N       tokens generated per prompt (default 64)\n"
+    "  --threads N          CPU backend threads (default: all cores)\n"
+    "  --model2 FILE        the second backend loads this model instead (same tokenizer and\n"
+    "                       source options): how far two quantizations or shapes differ\n"
     "Exit status: 0 when every case both backends support passes, 1 on a failure, 2 on\n"
-    "bad arguments or a device that cannot be opened.\n";
+    "bad arguments or a device or model that cannot be opened.\n";
 
 static int check_ops(const char *list)
 {
@@ -364,7 +416,7 @@ static int check_ops(const char *list)
         if (!ok) {
             fprintf(stderr, "duet conform: --ops '%s': unknown op '%.*s' (ops: embed, rms_norm, "
                             "matmul, rope, kv_write, attention, swiglu, add, gather_rows, "
-                            "sample)\n", list, (int)len, p);
+                            "sample, model)\n", list, (int)len, p);
             return -1;
         }
         p += len;
@@ -376,13 +428,41 @@ static int check_ops(const char *list)
     return 0;
 }
 
+/* Whether the comma-separated list names `name`. */
+static int list_has(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == n && strncmp(p, name, n) == 0)
+            return 1;
+        p += len + (p[len] == ',');
+    }
+    return 0;
+}
+
 int cmd_conform(int argc, char **argv)
 {
-    static const struct option longopts[] = {
+    enum { OPT_PROMPTS = 256, OPT_GEN, OPT_THREADS, OPT_MODEL2 };
+    static const struct option own[] = {
         {"backends", required_argument, NULL, 'b'}, {"ops", required_argument, NULL, 'o'},
         {"filter", required_argument, NULL, 'f'},   {"json", required_argument, NULL, 'j'},
         {"seed", required_argument, NULL, 's'},     {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+        {"model", required_argument, NULL, 'm'},
+        {"prompts", required_argument, NULL, OPT_PROMPTS},
+        {"gen-tokens", required_argument, NULL, OPT_GEN},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"model2", required_argument, NULL, OPT_MODEL2},   {NULL, 0, NULL, 0}};
+    struct option longopts[32];
+    int n_opts = 0;
+    for (const struct option *p = own; p->name; p++)
+        longopts[n_opts++] = *p;
+    for (const struct option *p = model_arg_options; p->name; p++)
+        longopts[n_opts++] = *p;
+    memset(&longopts[n_opts], 0, sizeof longopts[n_opts]);
+    char model_path[4096] = "";
+    conform_model_opts mopts = {.n_gen = 64};
+    long num;
 #ifdef DUET_HAVE_VULKAN
     const char *backends = "cpu,vulkan";
 #else
@@ -394,8 +474,31 @@ int cmd_conform(int argc, char **argv)
     int opt, status = 2;
     optind = 1;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "hm:", longopts, NULL)) != -1) {
+        int e = model_arg_parse("conform", opt, optarg, &mopts.source, model_path,
+                                sizeof model_path);
+        if (e < 0)
+            return 2;
+        if (e > 0)
+            continue;
         switch (opt) {
+        case 'm': snprintf(model_path, sizeof model_path, "%s", optarg); break;
+        case OPT_MODEL2: mopts.path2 = optarg; break;
+        case OPT_PROMPTS:
+            if (cli_parse_int("conform", "--prompts", optarg, 1, 1000, &num))
+                return 2;
+            mopts.n_prompts = (int)num;
+            break;
+        case OPT_GEN:
+            if (cli_parse_int("conform", "--gen-tokens", optarg, 1, 4096, &num))
+                return 2;
+            mopts.n_gen = (int)num;
+            break;
+        case OPT_THREADS:
+            if (cli_parse_int("conform", "--threads", optarg, 1, 1024, &num))
+                return 2;
+            mopts.n_threads = (int)num;
+            break;
         case 'b': backends = optarg; break;
         case 'o': r.ops = optarg; break;
         case 'f': r.filter = optarg; break;
@@ -414,6 +517,13 @@ int cmd_conform(int argc, char **argv)
     }
     if (r.ops && check_ops(r.ops))
         return 2;
+    /* The model rows run when a model is given (unless --ops leaves them
+     * out) or when --ops asks for them (then the default model). */
+    int run_model = model_path[0] ? !r.ops || list_has(r.ops, "model")
+                                  : r.ops && list_has(r.ops, "model");
+    if (run_model && !model_path[0])
+        cli_default_model(model_path, sizeof model_path);
+    mopts.path = model_path;
     const char *comma = strchr(backends, ',');
     if (!comma || strchr(comma + 1, ',')) {
         fprintf(stderr, "duet conform: --backends '%s': give exactly two backends as REF,TEST "
@@ -432,16 +542,24 @@ int cmd_conform(int argc, char **argv)
     }
     fprintf(r.table, "duet conform: %s (reference) vs %s, seed %ld\n", r.side[0].spec,
             r.side[1].spec, seed);
-    fprintf(r.table, "%-11s %-50s %-5s %10s %8s  %s\n", "op", "shape", "type", "NMSE",
+    fprintf(r.table, "%-13s %-50s %-5s %10s %8s  %s\n", "op", "shape", "type", "NMSE",
             "limit", "result");
+    if (run_model)
+        fprintf(r.table, "(model rows: model.top1 and model.greedy/sampled show the share of "
+                         "positions or tokens that differ in the NMSE column)\n");
     if (conform_ops_run_all(&r, (unsigned)seed) != DUET_OK) {
+        fprintf(stderr, "duet conform: %s\n", duet_last_error());
+        goto out;
+    }
+    int n_model_validation = 0;
+    if (run_model && conform_model_run_all(&r, &mopts, &n_model_validation) != DUET_OK) {
         fprintf(stderr, "duet conform: %s\n", duet_last_error());
         goto out;
     }
     int counts[3] = {0};
     for (int i = 0; i < r.n_rows; i++)
         counts[r.rows[i].status]++;
-    status = counts[ROW_FAIL] ? 1 : 0;
+    status = counts[CONFORM_FAIL] ? 1 : 0;
 #ifdef DUET_HAVE_VULKAN
     for (int k = 0; k < 2; k++) {
         int n_val = duet_vulkan_validation_errors(r.side[k].d);
@@ -451,17 +569,24 @@ int cmd_conform(int argc, char **argv)
             status = 1;
         }
     }
+    if (n_model_validation > 0) {
+        fprintf(r.table, "FAIL: %d Vulkan validation message(s) while running the model\n",
+                n_model_validation);
+        status = 1;
+    }
+#else
+    (void)n_model_validation;
 #endif
     fprintf(r.table, "%d cases: %d passed, %d failed, %d skipped\n", r.n_rows,
-            counts[ROW_PASS], counts[ROW_FAIL], counts[ROW_SKIP]);
-    if (counts[ROW_SKIP]) {
+            counts[CONFORM_PASS], counts[CONFORM_FAIL], counts[CONFORM_SKIP]);
+    if (counts[CONFORM_SKIP]) {
         /* Name each backend that lacked an op, with the ops it lacked. */
         for (int k = 0; k < 2; k++) {
             char note[64], names[160] = "";
             int n = 0;
             snprintf(note, sizeof note, "unsupported by %s", r.side[k].spec);
             for (int i = 0; i < r.n_rows; i++) {
-                if (r.rows[i].status != ROW_SKIP || strcmp(r.rows[i].note, note))
+                if (r.rows[i].status != CONFORM_SKIP || strcmp(r.rows[i].note, note))
                     continue;
                 n++;
                 if (!strstr(names, r.rows[i].op) && strlen(names) + strlen(r.rows[i].op) + 3 <

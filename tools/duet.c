@@ -19,7 +19,7 @@ static const subcommand subcommands[] = {
     {"serve", cmd_serve, "OpenAI-compatible HTTP server with metrics and a live dashboard"},
     {"devices", cmd_devices, "list the devices of every backend and the --device spec of each"},
     {"conform", cmd_conform, "compare every device op between two backends (NMSE, NaN checks)"},
-    {"bench", cmd_bench, "benchmarks: latency (single stream), throughput (batched), serve (an OpenAI server), sampler"},
+    {"bench", cmd_bench, "benchmarks: latency, throughput, serve, sampler, forward, bandwidth"},
 };
 
 static void usage(FILE *to)

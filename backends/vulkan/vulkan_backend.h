@@ -34,4 +34,14 @@ duet_status duet_vulkan_list_devices(duet_vulkan_device_desc *out, int cap, int 
  * a Vulkan device. */
 int duet_vulkan_validation_errors(const duet_device *d);
 
+/* Device-local copy bandwidth (vk_bench.c, for `duet bench bandwidth`):
+ * `copies` vkCmdCopyBuffer of `bytes` between two device-local buffers in
+ * one submission, timed from submit to fence, `repeat` times after one
+ * warm-up. gbps[i] = 2 * bytes * copies / seconds / 1e9 (bytes read plus
+ * written, like a device-to-device copy in CUDA tools); gbps has repeat
+ * entries. bytes is clamped to one allocation (*bytes_used gets the size
+ * used). DUET_ERR_INVALID_ARG if d is not a Vulkan device. */
+duet_status duet_vulkan_copy_bandwidth(duet_device *d, uint64_t bytes, int copies, int repeat,
+                                       uint64_t *bytes_used /* OUT */, double *gbps /* OUT */);
+
 #endif
