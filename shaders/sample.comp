@@ -43,7 +43,7 @@ shared uint red_u[WG];
 shared uvec2 red_w[WG];
 shared uint hist_n[256], hist_lo[256], hist_hi[256];
 shared uint s_digit, s_count;
-shared uvec2 s_acc_w, s_elem_w;
+shared uvec2 s_acc_w;
 shared uint s_acc_n;
 shared uint top_ids[MAX_TOP];
 shared float top_x[MAX_TOP];
@@ -163,10 +163,9 @@ bool within_cut(uint key, uint i) { return key < cut_key || (key == cut_key && i
 
 // Move the cut to the first member of O (within the current cut) at which
 // the running count (by_weight false) or weight reaches target (which it
-// does: target <= the total). Returns the weight of the members before the
-// new cut plus its own weight, i.e. the weight of the new cut set. Tokens
-// with key >= skip_key are known to lie after the new cut and are left out.
-uvec2 select_cut(bool by_weight, uvec2 target, uint skip_key)
+// does: target <= the total). Tokens with key >= skip_key are known to lie
+// after the new cut and are left out.
+void select_cut(bool by_weight, uvec2 target, uint skip_key)
 {
     uint kmask = 0u, kpre = 0u, imask = 0u, ipre = 0u;
     uvec2 acc_w = uvec2(0u);
@@ -188,10 +187,12 @@ uvec2 select_cut(bool by_weight, uvec2 target, uint skip_key)
             if (on_key ? (key & kmask) != kpre : (key != kpre || (i & imask) != ipre))
                 continue;
             uint dig = ((on_key ? key : i) >> shift) & 0xffu;
-            uvec2 w = sm_weight(d);
             atomicAdd(hist_n[dig], 1u);
-            uint old = atomicAdd(hist_lo[dig], w.x);
-            atomicAdd(hist_hi[dig], w.y + (old + w.x < old ? 1u : 0u));
+            if (by_weight) {
+                uvec2 w = sm_weight(d);
+                uint old = atomicAdd(hist_lo[dig], w.x);
+                atomicAdd(hist_hi[dig], w.y + (old + w.x < old ? 1u : 0u));
+            }
         }
         barrier();
         if (lid == 0u) {
@@ -208,7 +209,6 @@ uvec2 select_cut(bool by_weight, uvec2 target, uint skip_key)
             s_count = hist_n[b];
             s_acc_n = acc_n;
             s_acc_w = acc_w;
-            s_elem_w = uvec2(hist_lo[b], hist_hi[b]);
         }
         barrier();
         acc_n = s_acc_n;
@@ -225,13 +225,11 @@ uvec2 select_cut(bool by_weight, uvec2 target, uint skip_key)
             break;
         }
     }
-    uvec2 total = u64_add(s_acc_w, s_elem_w);
     barrier();
     // One token in the set has the new cut's key: every id up to the old
     // cut's (when the key is the same) is in.
     cut_id = id_known ? (kpre == cut_key ? cut_id : NO_ID) : ipre;
     cut_key = kpre;
-    return total;
 }
 
 // The top-p head (SAMPLING.md section 7): tokens of weight w with
@@ -277,26 +275,43 @@ uint sample_row(uint top_k, uint top_p_q24, uvec2 key, uint position, uint sampl
     }
     m_z = wg_max(mz);
 
-    // Candidates: how many, and their weight.
-    uint n = 0u;
+    // Candidates: how many, how many can win the race (d >= -20; SAMPLING.md
+    // section 7), and their weight.
+    bool top_p_on = top_p_q24 < 0x1000000u;
+    uint n = 0u, n_strong = 0u;
     uvec2 s = uvec2(0u);
     for (uint i = lid; i < V; i += WG) {
         bool cand;
         float d = d_at(i, cand);
         if (cand) {
             n++;
-            s = u64_add(s, sm_weight(d));
+            n_strong += d >= -20.0 ? 1u : 0u;
+            if (top_p_on)
+                s = u64_add(s, sm_weight(d));
         }
     }
     uint n_cand = wg_sum(n);
+    n_strong = wg_sum(n_strong);
     s = wg_sum64(s);
     if (n_cand == 0u)
         return argmax_l();
 
-    if (top_k > 0u && top_k < n_cand)
-        s = select_cut(false, uvec2(top_k, 0u), 0xffffffffu); // C, and its weight
-    if (top_p_q24 < 0x1000000u)
-        select_cut(true, sm_top_p_limit(s, top_p_q24), light_key(top_p_q24)); // K
+    // C: needed for top-p's sum, or when it leaves out a token that could win.
+    if (top_k > 0u && top_k < n_cand && (top_p_on || top_k < n_strong)) {
+        select_cut(false, uvec2(top_k, 0u), 0xffffffffu);
+        if (top_p_on) { // C's weight
+            uvec2 sc = uvec2(0u);
+            for (uint i = lid; i < V; i += WG) {
+                bool cand;
+                float d = d_at(i, cand);
+                if (cand && within_cut(floatBitsToUint(d) & 0x7fffffffu, i))
+                    sc = u64_add(sc, sm_weight(d));
+            }
+            s = wg_sum64(sc);
+        }
+    }
+    if (top_p_on) // K
+        select_cut(true, sm_top_p_limit(s, top_p_q24), light_key(top_p_q24));
 
     // The race over K: d + Gumbel noise, the largest score, lowest id on
     // ties. A token whose d + GMAX is below what it must beat cannot win
