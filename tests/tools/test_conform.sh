@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # duet conform and duet devices end to end: cpu-ref vs cpu must pass and
 # write valid JSON; cpu vs vulkan must pass (validation layer on) where a
-# Vulkan device exists, with the sample op reported as SKIP; bad arguments
+# Vulkan device exists, the sample op bit for bit (NMSE 0); bad arguments
 # fail with one line on stderr; duet devices lists the CPU, as text and
 # as valid JSON. Needs no model.
 set -u
@@ -54,12 +54,12 @@ if "$duet" devices --json >"$tmp/dev.json" 2>/dev/null &&
   fi
   if py_json "$tmp/vk.json" '
 s = [r for r in d["results"] if r["op"] == "sample"]
-assert s and all(r["status"] == "SKIP" and r["nmse"] is None for r in s), s
-assert d["summary"]["skip"] == len(s) and d["summary"]["fail"] == 0
-' "$tmp/vk.json" 2>"$tmp/err" && grep -q "ops skipped: unsupported by vulkan" "$tmp/vk.txt"; then
-    ok "conform cpu,vulkan: sample is SKIP, not PASS"
+assert s and all(r["status"] == "PASS" and r["nmse"] == 0 for r in s), s
+assert d["summary"]["skip"] == 0 and d["summary"]["fail"] == 0
+' "$tmp/vk.json" 2>"$tmp/err"; then
+    ok "conform cpu,vulkan: sample passes bit for bit"
   else
-    bad "conform cpu,vulkan skip report: $(tail -1 "$tmp/err")"
+    bad "conform cpu,vulkan sample: $(tail -1 "$tmp/err")"
   fi
 else
   echo "skip conform cpu,vulkan: no usable Vulkan device"
