@@ -11,8 +11,11 @@
 // of the key, and then of the id among tokens with exactly the cut's key
 // (skipped when one token has it). Each pass narrows the bucket where the
 // running count (top-k) or weight (top-p) reaches its target, so the cut
-// costs at most 7 passes, usually 4. Only the edits are applied serially
-// (by one invocation, in order).
+// costs at most 7 passes, usually 4. With top-p, when the "heavy" tokens
+// (the only ones the top-p cut can reach) are at most 1024, the candidate
+// pass lists them in shared memory and the cuts and the race read the list
+// instead of the row. Only the edits are applied serially (by one
+// invocation, in order).
 //
 // Variant 1 (specialization constant 1) is a test hook: each row's
 // logits are inputs and work gets dexp, dlog, gumbel and Philox of them.
@@ -327,6 +330,7 @@ uint sample_row(uint top_k, uint top_p_q24, uvec2 key, uint position, uint sampl
     uint lkey = top_p_on ? light_key(top_p_q24) : 0u;
     uint n = 0u, n_strong = 0u;
     uvec2 s = uvec2(0u);
+    bool full = false; // this invocation saw the list overflow: no more atomics
     for (uint i = lid; i < V; i += WG) {
         bool cand;
         float d = d_at(i, cand);
@@ -335,11 +339,11 @@ uint sample_row(uint top_k, uint top_p_q24, uvec2 key, uint position, uint sampl
             n_strong += d >= -20.0 ? 1u : 0u;
             if (top_p_on) {
                 s = u64_add(s, sm_weight(d));
-                // (A plain read first: once the list is full, no more atomics.)
-                if ((floatBitsToUint(d) & 0x7fffffffu) < lkey && s_n_heavy <= HEAVY_CAP) {
+                if ((floatBitsToUint(d) & 0x7fffffffu) < lkey && !full) {
                     uint at = atomicAdd(s_n_heavy, 1u);
                     if (at < HEAVY_CAP)
                         heavy[at] = uvec2(floatBitsToUint(d), i);
+                    full = at >= HEAVY_CAP;
                 }
             }
         }
@@ -347,7 +351,7 @@ uint sample_row(uint top_k, uint top_p_q24, uvec2 key, uint position, uint sampl
     uint n_cand = wg_sum(n);
     n_strong = wg_sum(n_strong);
     s = wg_sum64(s);
-    uint n_heavy = s_n_heavy; // exact when <= HEAVY_CAP
+    uint n_heavy = s_n_heavy; // exact when <= HEAVY_CAP, else above it
     if (n_cand == 0u)
         return argmax_l();
     // The heavy tokens come first in O, and K is among them (its last
