@@ -436,8 +436,9 @@ duet_status duet_device_open(const char *spec, const duet_device_options *opts,
         return duet_cpu_device_create(opts, out);
     if (strcmp(spec, "auto") == 0) {
 #ifdef DUET_HAVE_VULKAN
-        /* Only a real GPU beats the CPU backend, and only a backend with
-         * every op (Vulkan has no sample op yet); any failure moves on. */
+        /* Only a real GPU beats the CPU backend (lavapipe, a CPU-type
+         * device, never does), and only a backend with every op the
+         * engine needs; any failure moves on. */
         if (duet_vulkan_device_create(-1, opts, 0, out) == DUET_OK) {
             if ((*out)->ops->sample)
                 return DUET_OK;

@@ -11,8 +11,11 @@
 // of the key, and then of the id among tokens with exactly the cut's key
 // (skipped when one token has it). Each pass narrows the bucket where the
 // running count (top-k) or weight (top-p) reaches its target, so the cut
-// costs at most 7 passes, usually 4. Only the edits are applied serially
-// (by one invocation, in order).
+// costs at most 7 passes, usually 4. With top-p, when the "heavy" tokens
+// (the only ones the top-p cut can reach) are at most 1024, the candidate
+// pass lists them in shared memory and the cuts and the race read the list
+// instead of the row. Only the edits are applied serially (by one
+// invocation, in order).
 //
 // Variant 1 (specialization constant 1) is a test hook: each row's
 // logits are inputs and work gets dexp, dlog, gumbel and Philox of them.
@@ -43,10 +46,16 @@ shared uint red_u[WG];
 shared uvec2 red_w[WG];
 shared uint hist_n[256], hist_lo[256], hist_hi[256];
 shared uint s_digit, s_count;
-shared uvec2 s_acc_w, s_elem_w;
+shared uvec2 s_acc_w;
 shared uint s_acc_n;
 shared uint top_ids[MAX_TOP];
 shared float top_x[MAX_TOP];
+// The heavy candidates (bits(d), id) when top-p is on and they fit: the
+// cuts and the race then read these instead of the row. 8 KiB, so the
+// shader stays within the 16 KiB of shared memory every device has.
+const uint HEAVY_CAP = 1024u;
+shared uvec2 heavy[HEAVY_CAP];
+shared uint s_n_heavy;
 
 uint lid;
 uint V, xb, wb;
@@ -161,37 +170,57 @@ float d_at(uint i, out bool cand)
 
 bool within_cut(uint key, uint i) { return key < cut_key || (key == cut_key && i <= cut_id); }
 
+// The radix digit being histogrammed: pass 0..3 take 8 key bits each, high
+// first; passes 4..6 take 8 id bits among tokens with the cut's key.
+struct digit_pass {
+    bool by_weight, on_key;
+    uint shift, skip_key, kmask, kpre, imask, ipre;
+};
+
+// Token i (with d, cand) into the histogram of pass p.
+void hist_add(digit_pass p, float d, uint i, bool cand)
+{
+    uint key = floatBitsToUint(d) & 0x7fffffffu;
+    if (!cand || key >= p.skip_key || !within_cut(key, i))
+        return;
+    if (p.on_key ? (key & p.kmask) != p.kpre : (key != p.kpre || (i & p.imask) != p.ipre))
+        return;
+    uint dig = ((p.on_key ? key : i) >> p.shift) & 0xffu;
+    atomicAdd(hist_n[dig], 1u);
+    if (p.by_weight) {
+        uvec2 w = sm_weight(d);
+        uint old = atomicAdd(hist_lo[dig], w.x);
+        atomicAdd(hist_hi[dig], w.y + (old + w.x < old ? 1u : 0u));
+    }
+}
+
 // Move the cut to the first member of O (within the current cut) at which
 // the running count (by_weight false) or weight reaches target (which it
-// does: target <= the total). Returns the weight of the members before the
-// new cut plus its own weight, i.e. the weight of the new cut set. Tokens
-// with key >= skip_key are known to lie after the new cut and are left out.
-uvec2 select_cut(bool by_weight, uvec2 target, uint skip_key)
+// does: target <= the total). Tokens with key >= skip_key are known to lie
+// after the new cut and are left out. from_list: the tokens that can hold
+// the new cut are all in the heavy list (n_list entries).
+void select_cut(bool by_weight, uvec2 target, uint skip_key, bool from_list, uint n_list)
 {
-    uint kmask = 0u, kpre = 0u, imask = 0u, ipre = 0u;
+    digit_pass p = digit_pass(by_weight, true, 0u, skip_key, 0u, 0u, 0u, 0u);
     uvec2 acc_w = uvec2(0u);
     uint acc_n = 0u;
     bool id_known = false;
     for (uint pass = 0u; pass < 7u; pass++) {
-        bool on_key = pass < 4u;
-        uint shift = on_key ? 24u - 8u * pass : 16u - 8u * (pass - 4u);
+        p.on_key = pass < 4u;
+        p.shift = p.on_key ? 24u - 8u * pass : 16u - 8u * (pass - 4u);
         hist_n[lid] = 0u;
         hist_lo[lid] = 0u;
         hist_hi[lid] = 0u;
         barrier();
-        for (uint i = lid; i < V; i += WG) {
-            bool cand;
-            float d = d_at(i, cand);
-            uint key = floatBitsToUint(d) & 0x7fffffffu;
-            if (!cand || key >= skip_key || !within_cut(key, i))
-                continue;
-            if (on_key ? (key & kmask) != kpre : (key != kpre || (i & imask) != ipre))
-                continue;
-            uint dig = ((on_key ? key : i) >> shift) & 0xffu;
-            uvec2 w = sm_weight(d);
-            atomicAdd(hist_n[dig], 1u);
-            uint old = atomicAdd(hist_lo[dig], w.x);
-            atomicAdd(hist_hi[dig], w.y + (old + w.x < old ? 1u : 0u));
+        if (from_list) {
+            for (uint j = lid; j < n_list; j += WG)
+                hist_add(p, uintBitsToFloat(heavy[j].x), heavy[j].y, true);
+        } else {
+            for (uint i = lid; i < V; i += WG) {
+                bool cand;
+                float d = d_at(i, cand);
+                hist_add(p, d, i, cand);
+            }
         }
         barrier();
         if (lid == 0u) {
@@ -208,30 +237,27 @@ uvec2 select_cut(bool by_weight, uvec2 target, uint skip_key)
             s_count = hist_n[b];
             s_acc_n = acc_n;
             s_acc_w = acc_w;
-            s_elem_w = uvec2(hist_lo[b], hist_hi[b]);
         }
         barrier();
         acc_n = s_acc_n;
         acc_w = s_acc_w;
-        if (on_key) {
-            kpre |= s_digit << shift;
-            kmask |= 0xffu << shift;
+        if (p.on_key) {
+            p.kpre |= s_digit << p.shift;
+            p.kmask |= 0xffu << p.shift;
         } else {
-            ipre |= s_digit << shift;
-            imask |= 0xffu << shift;
+            p.ipre |= s_digit << p.shift;
+            p.imask |= 0xffu << p.shift;
         }
         if (pass == 3u && s_count == 1u) { // one token has the cut's key
             id_known = true;
             break;
         }
     }
-    uvec2 total = u64_add(s_acc_w, s_elem_w);
     barrier();
     // One token in the set has the new cut's key: every id up to the old
     // cut's (when the key is the same) is in.
-    cut_id = id_known ? (kpre == cut_key ? cut_id : NO_ID) : ipre;
-    cut_key = kpre;
-    return total;
+    cut_id = id_known ? (p.kpre == cut_key ? cut_id : NO_ID) : p.ipre;
+    cut_key = p.kpre;
 }
 
 // The top-p head (SAMPLING.md section 7): tokens of weight w with
@@ -266,6 +292,25 @@ uint light_key(uint q)
     return lo;
 }
 
+// This invocation's best (score, id) in the race so far.
+float race_best;
+uint race_id;
+
+void race_visit(float d, uint i, bool cand, uvec2 key, uint position, uint sample_index)
+{
+    if (!cand || !within_cut(floatBitsToUint(d) & 0x7fffffffu, i))
+        return;
+    precise float reach = d + SM_GMAX;
+    if (reach < SM_GMIN || reach < race_best)
+        return;
+    uvec4 r = sm_philox(uvec4(i / 4u, position, sample_index, 0u), key);
+    precise float score = d + sm_gumbel(r[i % 4u]);
+    if (score > race_best || (score == race_best && i < race_id)) { // the list is not in id order
+        race_best = score;
+        race_id = i;
+    }
+}
+
 uint sample_row(uint top_k, uint top_p_q24, uvec2 key, uint position, uint sample_index)
 {
     // m = max z (NaN never wins)
@@ -275,51 +320,90 @@ uint sample_row(uint top_k, uint top_p_q24, uvec2 key, uint position, uint sampl
         if (!sm_isnan(z) && z > mz)
             mz = z;
     }
-    m_z = wg_max(mz);
+    if (lid == 0u)
+        s_n_heavy = 0u;
+    m_z = wg_max(mz); // (its barriers publish s_n_heavy too)
 
-    // Candidates: how many, and their weight.
-    uint n = 0u;
+    // Candidates: how many, how many can win the race (d >= -20; SAMPLING.md
+    // section 7), and their weight; with top-p, the heavy ones listed.
+    bool top_p_on = top_p_q24 < 0x1000000u;
+    uint lkey = top_p_on ? light_key(top_p_q24) : 0u;
+    uint n = 0u, n_strong = 0u;
     uvec2 s = uvec2(0u);
+    bool full = false; // this invocation saw the list overflow: no more atomics
     for (uint i = lid; i < V; i += WG) {
         bool cand;
         float d = d_at(i, cand);
         if (cand) {
             n++;
-            s = u64_add(s, sm_weight(d));
+            n_strong += d >= -20.0 ? 1u : 0u;
+            if (top_p_on) {
+                s = u64_add(s, sm_weight(d));
+                if ((floatBitsToUint(d) & 0x7fffffffu) < lkey && !full) {
+                    uint at = atomicAdd(s_n_heavy, 1u);
+                    if (at < HEAVY_CAP)
+                        heavy[at] = uvec2(floatBitsToUint(d), i);
+                    full = at >= HEAVY_CAP;
+                }
+            }
         }
     }
     uint n_cand = wg_sum(n);
+    n_strong = wg_sum(n_strong);
     s = wg_sum64(s);
+    uint n_heavy = s_n_heavy; // exact when <= HEAVY_CAP, else above it
     if (n_cand == 0u)
         return argmax_l();
+    // The heavy tokens come first in O, and K is among them (its last
+    // member is heavy), so with the list complete K can be found and raced
+    // over from it.
+    bool listed = top_p_on && n_heavy <= HEAVY_CAP;
 
-    if (top_k > 0u && top_k < n_cand)
-        s = select_cut(false, uvec2(top_k, 0u), 0xffffffffu); // C, and its weight
-    if (top_p_q24 < 0x1000000u)
-        select_cut(true, sm_top_p_limit(s, top_p_q24), light_key(top_p_q24)); // K
+    // C: needed for top-p's sum, or when it leaves out a token that could win.
+    if (top_k > 0u && top_k < n_cand && (top_p_on || top_k < n_strong)) {
+        bool c_listed = listed && top_k <= n_heavy; // C is heavy tokens only
+        select_cut(false, uvec2(top_k, 0u), 0xffffffffu, c_listed, n_heavy);
+        if (top_p_on) { // C's weight
+            uvec2 sc = uvec2(0u);
+            if (c_listed) {
+                for (uint j = lid; j < n_heavy; j += WG) {
+                    float d = uintBitsToFloat(heavy[j].x);
+                    if (within_cut(heavy[j].x & 0x7fffffffu, heavy[j].y))
+                        sc = u64_add(sc, sm_weight(d));
+                }
+            } else {
+                for (uint i = lid; i < V; i += WG) {
+                    bool cand;
+                    float d = d_at(i, cand);
+                    if (cand && within_cut(floatBitsToUint(d) & 0x7fffffffu, i))
+                        sc = u64_add(sc, sm_weight(d));
+                }
+            }
+            s = wg_sum64(sc);
+        }
+    }
+    if (top_p_on) // K
+        select_cut(true, sm_top_p_limit(s, top_p_q24), lkey, listed, n_heavy);
 
     // The race over K: d + Gumbel noise, the largest score, lowest id on
     // ties. A token whose d + GMAX is below what it must beat cannot win
     // and draws no noise: below GMIN (the least score of the d = 0 token,
     // which is in K) or below this invocation's best so far.
-    float best = SM_NEG_INF;
-    uint best_id = NO_ID;
-    for (uint i = lid; i < V; i += WG) {
-        bool cand;
-        float d = d_at(i, cand);
-        uint k32 = floatBitsToUint(d) & 0x7fffffffu;
-        if (!cand || !within_cut(k32, i))
-            continue;
-        precise float reach = d + SM_GMAX;
-        if (reach < SM_GMIN || reach < best)
-            continue;
-        uvec4 r = sm_philox(uvec4(i / 4u, position, sample_index, 0u), key);
-        precise float score = d + sm_gumbel(r[i % 4u]);
-        if (score > best) {
-            best = score;
-            best_id = i;
+    race_best = SM_NEG_INF;
+    race_id = NO_ID;
+    if (listed) {
+        for (uint j = lid; j < n_heavy; j += WG)
+            race_visit(uintBitsToFloat(heavy[j].x), heavy[j].y, true, key, position,
+                       sample_index);
+    } else {
+        for (uint i = lid; i < V; i += WG) {
+            bool cand;
+            float d = d_at(i, cand);
+            race_visit(d, i, cand, key, position, sample_index);
         }
     }
+    float best = race_best;
+    uint best_id = race_id;
     wg_best(best, best_id);
     return best_id;
 }

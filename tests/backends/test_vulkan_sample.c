@@ -403,6 +403,78 @@ static void test_top_p_among_weak_tokens(void **state)
     check_validation();
 }
 
+/* top-k keeps light tokens (those the top-p cut cannot reach, whose total
+ * weight still counts in S): three heavy tokens of relative weight 1, 0.5,
+ * 0.3 and 997 light ones of 4.8e-4 each, top_k 999 and top_p 0.5. S with
+ * the light tokens puts the cut after the second token; without them,
+ * after the first. */
+static void test_top_k_keeps_light_tokens(void **state)
+{
+    (void)state;
+    enum { V = 1000, R = 64 };
+    batch b = batch_new(R, V, 0);
+    duet_request_params p = {.temperature = 1.0f, .top_p = 0.5f, .top_k = 999};
+    for (int r = 0; r < R; r++) {
+        float *x = b.logits + (size_t)r * V;
+        x[0] = 0.0f;
+        x[1] = logf(0.5f);
+        x[2] = logf(0.3f);
+        for (int i = 3; i < V; i++)
+            x[i] = logf(4.8e-4f);
+        b.rows[r] = make_row(&p, V, 500 + (uint64_t)r, (uint32_t)r);
+    }
+    outputs want = run_side(&cpu, &b, 0), got = run_side(&vk, &b, 1);
+    int second = 0;
+    for (int r = 0; r < R; r++)
+        second += want.res[r].token == 1;
+    assert_true(second > 0); /* the case is really reached */
+    assert_same_outputs("light tokens in C", &b, &got, &want);
+    outputs_free(&want);
+    outputs_free(&got);
+    batch_free(&b);
+    check_validation();
+}
+
+/* Equal scores go to the lowest id: flat rows at positions where the best
+ * 23-bit uniform occurs twice or more (searched here, as the CPU test
+ * does), with top-p on (the race over the heavy list, not in id order) and
+ * off (the race over the row). */
+static void test_score_ties(void **state)
+{
+    (void)state;
+    enum { V = 1024, R = 8 };
+    uint32_t key[2] = {0x5eed, 0};
+    batch b = batch_new(R, V, 0);
+    int found = 0;
+    for (uint32_t pos = 0; pos < 400000 && found < R; pos++) {
+        uint32_t top = 0;
+        int n_top = 0;
+        for (uint32_t blk = 0; blk < V / 4; blk++) {
+            uint32_t ctr[4] = {blk, pos, 0, 0}, r[4];
+            duet_sm_philox4x32(ctr, key, r);
+            for (int j = 0; j < 4; j++) {
+                uint32_t u = r[j] >> 9;
+                if (u > top)
+                    top = u, n_top = 1;
+                else if (u == top)
+                    n_top++;
+            }
+        }
+        if (n_top < 2)
+            continue;
+        duet_request_params p = {.temperature = 1.0f, .top_p = found % 2 ? 0.9999f : 0.0f};
+        b.rows[found] = make_row(&p, V, 0x5eed, pos);
+        found++;
+    }
+    assert_int_equal(found, R);
+    outputs want = run_side(&cpu, &b, 0), got = run_side(&vk, &b, 1);
+    assert_same_outputs("score ties", &b, &got, &want);
+    outputs_free(&want);
+    outputs_free(&got);
+    batch_free(&b);
+    check_validation();
+}
+
 /* Greedy ties, an all -inf row, a NaN row, forced tokens at the edges,
  * min_p 1, every n_logprobs. */
 static void test_edge_rows(void **state)
@@ -575,6 +647,8 @@ int main(void)
         cmocka_unit_test(test_edge_rows),
         cmocka_unit_test(test_cuts_in_ties),
         cmocka_unit_test(test_top_p_among_weak_tokens),
+        cmocka_unit_test(test_top_k_keeps_light_tokens),
+        cmocka_unit_test(test_score_ties),
         cmocka_unit_test(test_random_chained_cuts_in_ties),
         cmocka_unit_test(test_random_batches),
         cmocka_unit_test(test_split_and_too_large),
