@@ -110,4 +110,83 @@ static inline uint32_t rng_u32(void)
     return (uint32_t)(rng_state >> 29);
 }
 
+
+/* ---- random batches (shared by the CPU and Vulkan sample tests) ---------------- */
+
+static inline float rng_f01(void) { return (float)(rng_u32() >> 8) * (1.0f / 16777216.0f); }
+
+enum { N_STYLES = 8 };
+
+/* Logits of a few shapes: spread, ties, flat, -inf, long tail, all equal,
+ * NaN, all -inf. */
+static inline void fill_logits(float *x, int vocab, int style)
+{
+    for (int i = 0; i < vocab; i++) {
+        switch (style) {
+        case 0: x[i] = (rng_f01() - 0.5f) * 20.0f; break;
+        case 1: x[i] = (float)(rng_u32() % 5) * 0.5f; break;
+        case 2: x[i] = (rng_f01() - 0.5f) * 2.0f; break;
+        case 3: x[i] = rng_u32() % 4 == 0 ? -INFINITY : rng_f01() * 8.0f; break;
+        case 4: x[i] = -30.0f * rng_f01() * rng_f01(); break;
+        case 5: x[i] = 3.0f; break;
+        case 6: x[i] = rng_u32() % 5 == 0 ? NAN : (rng_f01() - 0.5f) * 12.0f; break;
+        default: x[i] = -INFINITY; break;
+        }
+    }
+}
+
+static inline duet_sample_row random_row(int vocab, int n_edits_total, int *edit_cursor)
+{
+    duet_request_params p = {0};
+    int kind = (int)(rng_u32() % 8);
+    p.temperature = kind == 0 ? 0.0f : 0.2f + 1.6f * rng_f01();
+    if (rng_u32() % 2)
+        p.top_p = rng_u32() % 4 == 0 ? 1e-7f : rng_u32() % 4 == 0 ? 1.0f : 0.05f + 0.95f * rng_f01();
+    if (rng_u32() % 2) {
+        int edge[] = {1, 2, vocab - 1, vocab, vocab + 5, 0, -1};
+        p.top_k = rng_u32() % 2 ? edge[rng_u32() % 7] : 1 + (int)(rng_u32() % (unsigned)vocab);
+    }
+    if (rng_u32() % 3 == 0)
+        p.min_p = rng_u32() % 4 == 0 ? 1.0f : rng_f01() * 0.5f;
+    if (rng_u32() % 2) {
+        p.repetition_penalty = 0.5f + 1.5f * rng_f01();
+        p.presence_penalty = (rng_f01() - 0.5f) * 2.0f;
+        p.frequency_penalty = (rng_f01() - 0.5f) * 2.0f;
+    }
+    duet_sample_row row;
+    int forced = rng_u32() % 8 == 0 ? (int)(rng_u32() % (unsigned)(vocab + 2)) : -1;
+    int lp[] = {-1, 0, 5, 20, 25};
+    int n_lp = rng_u32() % 2 ? lp[rng_u32() % 5] : (int)(rng_u32() % 21);
+    duet_sample_row_init(&row, &p, vocab, ((uint64_t)rng_u32() << 32) | rng_u32(), rng_u32(), rng_u32() % 4,
+                         forced, n_lp);
+    if (rng_u32() % 8 == 0)
+        row.top_k = -(int)(rng_u32() % 3); /* below 0 acts as 0 */
+    int n = (int)(rng_u32() % 6);
+    if (*edit_cursor + n > n_edits_total)
+        n = n_edits_total - *edit_cursor;
+    row.edit_begin = *edit_cursor;
+    row.edit_end = *edit_cursor + n;
+    *edit_cursor += n;
+    if (rng_u32() % 16 == 0)
+        row.edit_begin = row.edit_end + 1; /* begin > end: no edits */
+    else if (rng_u32() % 16 == 0)
+        row.edit_end = n_edits_total + 3; /* past the end: no edits */
+    else if (rng_u32() % 16 == 0)
+        row.edit_begin = -1; /* negative: no edits */
+    return row;
+}
+
+static inline void random_edits(duet_sample_edit *e, int n, int vocab)
+{
+    for (int i = 0; i < n; i++) {
+        e[i].token = rng_u32() % 20 == 0   ? vocab + (int)(rng_u32() % 3)
+                     : rng_u32() % 40 == 0 ? -1
+                                       : (int)(rng_u32() % (unsigned)vocab);
+        e[i].flags = (rng_u32() % 8 == 0 ? DUET_SAMPLE_EDIT_MASK : 0) |
+                     (rng_u32() % 2 ? DUET_SAMPLE_EDIT_PROMPT : 0);
+        e[i].count = (int)(rng_u32() % 5) - 1; /* -1 acts as 0 */
+        e[i].bias = rng_u32() % 3 == 0 ? (rng_f01() - 0.5f) * 10.0f : 0.0f;
+    }
+}
+
 #endif

@@ -196,71 +196,7 @@ static uint32_t rnd(void)
     trng ^= trng << 17;
     return (uint32_t)(trng >> 32);
 }
-static float rndf(void) { return (float)(rnd() >> 8) * (1.0f / 16777216.0f); } /* [0,1) */
 
-/* Random logits of a few shapes: spread, ties, -inf, tiny vocabularies. */
-static void fill_logits(float *x, int vocab, int style)
-{
-    for (int i = 0; i < vocab; i++) {
-        switch (style) {
-        case 0: x[i] = (rndf() - 0.5f) * 20.0f; break;               /* wide */
-        case 1: x[i] = (float)(rnd() % 5) * 0.5f; break;             /* many ties */
-        case 2: x[i] = (rndf() - 0.5f) * 2.0f; break;                /* flat */
-        case 3: x[i] = rnd() % 4 == 0 ? -INFINITY : rndf() * 8.0f; break; /* masked */
-        case 4: x[i] = -30.0f * rndf() * rndf(); break;              /* long tail */
-        default: x[i] = 3.0f; break;                                 /* all equal */
-        }
-    }
-}
-
-static duet_sample_row random_row(int vocab, int n_edits_total, int *edit_cursor)
-{
-    duet_request_params p = {0};
-    int kind = (int)(rnd() % 8);
-    p.temperature = kind == 0 ? 0.0f : 0.2f + 1.6f * rndf();
-    if (rnd() % 2)
-        p.top_p = rnd() % 4 == 0 ? 1e-7f : rnd() % 4 == 0 ? 1.0f : 0.05f + 0.95f * rndf();
-    if (rnd() % 2) {
-        int edge[] = {1, 2, vocab - 1, vocab, vocab + 5, 0, -1};
-        p.top_k = rnd() % 2 ? edge[rnd() % 7] : 1 + (int)(rnd() % (unsigned)vocab);
-    }
-    if (rnd() % 3 == 0)
-        p.min_p = rnd() % 4 == 0 ? 1.0f : rndf() * 0.5f;
-    if (rnd() % 2) {
-        p.repetition_penalty = 0.5f + 1.5f * rndf();
-        p.presence_penalty = (rndf() - 0.5f) * 2.0f;
-        p.frequency_penalty = (rndf() - 0.5f) * 2.0f;
-    }
-    duet_sample_row row;
-    int forced = rnd() % 8 == 0 ? (int)(rnd() % (unsigned)(vocab + 2)) : -1;
-    int n_lp = rnd() % 3 == 0 ? -1 : (int)(rnd() % 21);
-    duet_sample_row_init(&row, &p, vocab, ((uint64_t)rnd() << 32) | rnd(), rnd(), rnd() % 4,
-                         forced, n_lp);
-    /* Edits: a valid range from the pool, sometimes an invalid one. */
-    int n = (int)(rnd() % 6);
-    if (*edit_cursor + n > n_edits_total)
-        n = n_edits_total - *edit_cursor;
-    row.edit_begin = *edit_cursor;
-    row.edit_end = *edit_cursor + n;
-    *edit_cursor += n;
-    if (rnd() % 16 == 0) {
-        row.edit_begin = row.edit_end + 1; /* begin > end: empty */
-    } else if (rnd() % 16 == 0) {
-        row.edit_end = n_edits_total + 3; /* outside: empty */
-    }
-    return row;
-}
-
-static void random_edits(duet_sample_edit *e, int n, int vocab)
-{
-    for (int i = 0; i < n; i++) {
-        e[i].token = rnd() % 20 == 0 ? vocab + (int)(rnd() % 3) : (int)(rnd() % (unsigned)vocab);
-        e[i].flags = (rnd() % 8 == 0 ? DUET_SAMPLE_EDIT_MASK : 0) |
-                     (rnd() % 2 ? DUET_SAMPLE_EDIT_PROMPT : 0);
-        e[i].count = (int)(rnd() % 4);
-        e[i].bias = rnd() % 3 == 0 ? (rndf() - 0.5f) * 10.0f : 0.0f;
-    }
-}
 
 static void assert_same_results(const batch *b, const duet_sample_result *want, kernel k,
                                 int round)

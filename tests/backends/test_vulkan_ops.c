@@ -26,11 +26,7 @@
 #include "dtype.h"
 #include "vk_internal.h" /* struct duet_buffer: to check the chunked case is reached */
 #include "vulkan_backend.h"
-
-typedef struct side {
-    duet_device *d;
-    duet_stream *s;
-} side;
+#include "vulkan_fixture.h"
 
 static side cpu, vk;
 
@@ -832,22 +828,9 @@ static void test_validation_is_counted(void **state)
 
 int main(void)
 {
-    if (!getenv("DUET_VK_VALIDATION"))
-        setenv("DUET_VK_VALIDATION", "1", 1);
-    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
-    if (rc) {
-        fprintf(stderr, "test_vulkan_ops: skipped: %s\n", duet_last_error());
-        return 77;
-    }
-    duet_device_options o = {.n_threads = 1, .force_reference = 1};
-    if (duet_cpu_device_create(&o, &cpu.d) || duet_dev_stream_create(cpu.d, &cpu.s) ||
-        duet_dev_stream_create(vk.d, &vk.s)) {
-        fprintf(stderr, "test_vulkan_ops: setup failed: %s\n", duet_last_error());
-        return 1;
-    }
-    duet_device_info info;
-    duet_dev_info(vk.d, &info);
-    fprintf(stderr, "test_vulkan_ops: on %s\n", info.name);
+    int rc = vk_fixture_open("test_vulkan_ops", &vk, &cpu);
+    if (rc)
+        return rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_info_and_listing),
         cmocka_unit_test(test_validation_is_counted),
@@ -866,11 +849,5 @@ int main(void)
         cmocka_unit_test(test_big_weight),
         cmocka_unit_test(test_big_weight_chunked),
     };
-    int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    duet_dev_stream_destroy(vk.d, vk.s);
-    duet_dev_stream_destroy(cpu.d, cpu.s);
-    int validation = duet_vulkan_validation_errors(vk.d);
-    duet_device_close(vk.d);
-    duet_device_close(cpu.d);
-    return failed || validation ? 1 : 0;
+    return vk_fixture_close(&vk, &cpu, cmocka_run_group_tests(tests, NULL, NULL));
 }

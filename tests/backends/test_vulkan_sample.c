@@ -21,11 +21,7 @@
 #include "sample_fixture.h"
 #include "vk_internal.h" /* the math-check hook */
 #include "vulkan_backend.h"
-
-typedef struct side {
-    duet_device *d;
-    duet_stream *s;
-} side;
+#include "vulkan_fixture.h"
 
 static side cpu, vk;
 
@@ -34,79 +30,6 @@ static side cpu, vk;
 static uint32_t rnd(void) { return rng_u32(); }
 static float rndf(void) { return (float)(rnd() >> 8) * (1.0f / 16777216.0f); } /* [0,1) */
 
-enum { N_STYLES = 8 };
-
-/* Logits of a few shapes: spread, ties, flat, -inf, long tail, all equal,
- * NaN, all -inf. */
-static void fill_logits(float *x, int vocab, int style)
-{
-    for (int i = 0; i < vocab; i++) {
-        switch (style) {
-        case 0: x[i] = (rndf() - 0.5f) * 20.0f; break;
-        case 1: x[i] = (float)(rnd() % 5) * 0.5f; break;
-        case 2: x[i] = (rndf() - 0.5f) * 2.0f; break;
-        case 3: x[i] = rnd() % 4 == 0 ? -INFINITY : rndf() * 8.0f; break;
-        case 4: x[i] = -30.0f * rndf() * rndf(); break;
-        case 5: x[i] = 3.0f; break;
-        case 6: x[i] = rnd() % 5 == 0 ? NAN : (rndf() - 0.5f) * 12.0f; break;
-        default: x[i] = -INFINITY; break;
-        }
-    }
-}
-
-static duet_sample_row random_row(int vocab, int n_edits_total, int *edit_cursor)
-{
-    duet_request_params p = {0};
-    int kind = (int)(rnd() % 8);
-    p.temperature = kind == 0 ? 0.0f : 0.2f + 1.6f * rndf();
-    if (rnd() % 2)
-        p.top_p = rnd() % 4 == 0 ? 1e-7f : rnd() % 4 == 0 ? 1.0f : 0.05f + 0.95f * rndf();
-    if (rnd() % 2) {
-        int edge[] = {1, 2, vocab - 1, vocab, vocab + 5, 0, -1};
-        p.top_k = rnd() % 2 ? edge[rnd() % 7] : 1 + (int)(rnd() % (unsigned)vocab);
-    }
-    if (rnd() % 3 == 0)
-        p.min_p = rnd() % 4 == 0 ? 1.0f : rndf() * 0.5f;
-    if (rnd() % 2) {
-        p.repetition_penalty = 0.5f + 1.5f * rndf();
-        p.presence_penalty = (rndf() - 0.5f) * 2.0f;
-        p.frequency_penalty = (rndf() - 0.5f) * 2.0f;
-    }
-    duet_sample_row row;
-    int forced = rnd() % 8 == 0 ? (int)(rnd() % (unsigned)(vocab + 2)) : -1;
-    int lp[] = {-1, 0, 5, 20, 25};
-    int n_lp = rnd() % 2 ? lp[rnd() % 5] : (int)(rnd() % 21);
-    duet_sample_row_init(&row, &p, vocab, ((uint64_t)rnd() << 32) | rnd(), rnd(), rnd() % 4,
-                         forced, n_lp);
-    if (rnd() % 8 == 0)
-        row.top_k = -(int)(rnd() % 3); /* below 0 acts as 0 */
-    int n = (int)(rnd() % 6);
-    if (*edit_cursor + n > n_edits_total)
-        n = n_edits_total - *edit_cursor;
-    row.edit_begin = *edit_cursor;
-    row.edit_end = *edit_cursor + n;
-    *edit_cursor += n;
-    if (rnd() % 16 == 0)
-        row.edit_begin = row.edit_end + 1; /* begin > end: no edits */
-    else if (rnd() % 16 == 0)
-        row.edit_end = n_edits_total + 3; /* past the end: no edits */
-    else if (rnd() % 16 == 0)
-        row.edit_begin = -1; /* negative: no edits */
-    return row;
-}
-
-static void random_edits(duet_sample_edit *e, int n, int vocab)
-{
-    for (int i = 0; i < n; i++) {
-        e[i].token = rnd() % 20 == 0   ? vocab + (int)(rnd() % 3)
-                     : rnd() % 40 == 0 ? -1
-                                       : (int)(rnd() % (unsigned)vocab);
-        e[i].flags = (rnd() % 8 == 0 ? DUET_SAMPLE_EDIT_MASK : 0) |
-                     (rnd() % 2 ? DUET_SAMPLE_EDIT_PROMPT : 0);
-        e[i].count = (int)(rnd() % 5) - 1; /* -1 acts as 0 */
-        e[i].bias = rnd() % 3 == 0 ? (rndf() - 0.5f) * 10.0f : 0.0f;
-    }
-}
 
 /* ---- running the op on a device ----------------------------------------------------- */
 
@@ -626,22 +549,9 @@ static void test_engine_shape(void **state)
 
 int main(void)
 {
-    if (!getenv("DUET_VK_VALIDATION"))
-        setenv("DUET_VK_VALIDATION", "1", 1);
-    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
-    if (rc) {
-        fprintf(stderr, "test_vulkan_sample: skipped: %s\n", duet_last_error());
-        return 77;
-    }
-    duet_device_options o = {.n_threads = 1, .force_reference = 1};
-    if (duet_cpu_device_create(&o, &cpu.d) || duet_dev_stream_create(cpu.d, &cpu.s) ||
-        duet_dev_stream_create(vk.d, &vk.s)) {
-        fprintf(stderr, "test_vulkan_sample: setup failed: %s\n", duet_last_error());
-        return 1;
-    }
-    duet_device_info info;
-    duet_dev_info(vk.d, &info);
-    fprintf(stderr, "test_vulkan_sample: on %s\n", info.name);
+    int rc = vk_fixture_open("test_vulkan_sample", &vk, &cpu);
+    if (rc)
+        return rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_math_building_blocks),
         cmocka_unit_test(test_edge_rows),
@@ -654,11 +564,5 @@ int main(void)
         cmocka_unit_test(test_split_and_too_large),
         cmocka_unit_test(test_engine_shape),
     };
-    int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    duet_dev_stream_destroy(vk.d, vk.s);
-    duet_dev_stream_destroy(cpu.d, cpu.s);
-    int validation = duet_vulkan_validation_errors(vk.d);
-    duet_device_close(vk.d);
-    duet_device_close(cpu.d);
-    return failed || validation ? 1 : 0;
+    return vk_fixture_close(&vk, &cpu, cmocka_run_group_tests(tests, NULL, NULL));
 }
