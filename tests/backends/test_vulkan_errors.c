@@ -29,34 +29,12 @@
 #include "model.h"
 #include "vk_internal.h" /* the heap size, the timeline handle */
 #include "vulkan_backend.h"
+#include "vulkan_fixture.h"
 
 enum { N = 1024 };
 
 
-/* A Vulkan device opened with DUET_VK_FAULT=fault (NULL: none). */
-static duet_device *open_with(const char *fault, const char *timeline)
-{
-    duet_device *d = NULL;
-    if (fault)
-        setenv("DUET_VK_FAULT", fault, 1);
-    if (timeline)
-        setenv("DUET_VK_TIMELINE", timeline, 1);
-    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &d);
-    unsetenv("DUET_VK_FAULT");
-    unsetenv("DUET_VK_TIMELINE");
-    if (rc)
-        fail_msg("opening the Vulkan device with DUET_VK_FAULT=%s: %s", fault ? fault : "",
-                 duet_last_error());
-    return d;
-}
 
-static void close_checked(duet_device *d)
-{
-    int v = duet_vulkan_validation_errors(d);
-    duet_device_close(d);
-    if (v)
-        fail_msg("the Vulkan validation layer reported %d message(s) (see stderr)", v);
-}
 
 /* The last message contains every one of the words. */
 static void assert_message_names(const char *a, const char *b, const char *c)
@@ -70,17 +48,6 @@ static void assert_message_names(const char *a, const char *b, const char *c)
             fail_msg("the message does not name '%s': %s", words[i], msg);
 }
 
-static duet_buffer *alloc_floats(duet_device *d, float value)
-{
-    duet_buffer *b = NULL;
-    float *x = malloc(N * sizeof *x);
-    for (int i = 0; i < N; i++)
-        x[i] = value;
-    assert_int_equal(duet_dev_buffer_alloc(d, N * sizeof(float), &b), DUET_OK);
-    assert_int_equal(duet_dev_buffer_write(d, (duet_addr){b, 0}, x, N * sizeof(float)), DUET_OK);
-    free(x);
-    return b;
-}
 
 static void test_invalid_fault_spec_is_rejected(void **state)
 {
@@ -99,8 +66,8 @@ static void test_invalid_fault_spec_is_rejected(void **state)
 static void test_out_of_device_memory(void **state)
 {
     (void)state;
-    duet_device *d = open_with("oom:1", NULL);
-    duet_buffer *a = alloc_floats(d, 1.0f), *b = NULL;
+    duet_device *d = vk_fixture_device("oom:1", NULL);
+    duet_buffer *a = vk_fixture_filled(d, N, 1.0f), *b = NULL;
     assert_int_equal(duet_dev_buffer_alloc(d, 3 * 1000 * 1000, &b), DUET_ERR_OUT_OF_MEMORY);
     assert_null(b);
     assert_message_names("3000000 bytes", "VK_ERROR_OUT_OF_DEVICE_MEMORY", "heap");
@@ -108,13 +75,13 @@ static void test_out_of_device_memory(void **state)
     assert_int_equal(duet_dev_buffer_read(d, (duet_addr){a, 0}, x, sizeof x), DUET_OK);
     assert_true(x[3] == 1.0f);
     duet_dev_buffer_free(d, a);
-    close_checked(d);
+    vk_fixture_device_close(d);
 }
 
 static void test_buffer_larger_than_heap(void **state)
 {
     (void)state;
-    duet_device *d = open_with(NULL, NULL);
+    duet_device *d = vk_fixture_device(NULL, NULL);
     const vk_ctx *c = d->ctx;
     size_t size = (size_t)c->device_heap_bytes + 4096;
     char heap[32];
@@ -123,9 +90,9 @@ static void test_buffer_larger_than_heap(void **state)
     assert_int_equal(duet_dev_buffer_alloc(d, size, &b), DUET_ERR_OUT_OF_MEMORY);
     assert_null(b);
     assert_message_names("larger than the device-local heap", heap, NULL);
-    duet_buffer *ok = alloc_floats(d, 2.0f); /* the device is fine */
+    duet_buffer *ok = vk_fixture_filled(d, N, 2.0f); /* the device is fine */
     duet_dev_buffer_free(d, ok);
-    close_checked(d);
+    vk_fixture_device_close(d);
 }
 
 /* The 'add' pipeline fails to build: the op fails naming it; other ops in
@@ -133,11 +100,11 @@ static void test_buffer_larger_than_heap(void **state)
 static void test_pipeline_failure(void **state)
 {
     (void)state;
-    duet_device *d = open_with("pipeline:add", NULL);
+    duet_device *d = vk_fixture_device("pipeline:add", NULL);
     duet_stream *s = NULL;
     assert_int_equal(duet_dev_stream_create(d, &s), DUET_OK);
-    duet_buffer *a = alloc_floats(d, 1.0f), *b = alloc_floats(d, 2.0f);
-    duet_buffer *g = alloc_floats(d, 0.0f), *out = alloc_floats(d, -1.0f);
+    duet_buffer *a = vk_fixture_filled(d, N, 1.0f), *b = vk_fixture_filled(d, N, 2.0f);
+    duet_buffer *g = vk_fixture_filled(d, N, 0.0f), *out = vk_fixture_filled(d, N, -1.0f);
     assert_int_equal(duet_dev_stream_begin(d, s), DUET_OK);
     duet_add_args add = {{a, 0}, {b, 0}, N};
     assert_int_equal(duet_dev_add(d, s, &add), DUET_ERR_DEVICE);
@@ -160,7 +127,7 @@ static void test_pipeline_failure(void **state)
     duet_buffer *all[] = {a, b, g, out};
     for (int i = 0; i < 4; i++)
         duet_dev_buffer_free(d, all[i]);
-    close_checked(d);
+    vk_fixture_device_close(d);
 }
 
 /* Submission 2 finds the device lost. Stream 1 (submitted before) reports
@@ -168,7 +135,7 @@ static void test_pipeline_failure(void **state)
  * the loss; destroying everything still works. */
 static void device_lost_case(const char *timeline)
 {
-    duet_device *d = open_with("device_lost_after:1", timeline);
+    duet_device *d = vk_fixture_device("device_lost_after:1", timeline);
     const vk_ctx *c = d->ctx;
     if (timeline)
         assert_true(c->timeline == VK_NULL_HANDLE);
@@ -177,7 +144,7 @@ static void device_lost_case(const char *timeline)
     duet_stream *s1 = NULL, *s2 = NULL;
     assert_int_equal(duet_dev_stream_create(d, &s1), DUET_OK);
     assert_int_equal(duet_dev_stream_create(d, &s2), DUET_OK);
-    duet_buffer *a = alloc_floats(d, 1.0f), *b = alloc_floats(d, 2.0f);
+    duet_buffer *a = vk_fixture_filled(d, N, 1.0f), *b = vk_fixture_filled(d, N, 2.0f);
     duet_add_args add = {{a, 0}, {b, 0}, N};
     float x[4];
 
@@ -209,7 +176,7 @@ static void device_lost_case(const char *timeline)
     duet_dev_stream_destroy(d, s2);
     duet_dev_buffer_free(d, a);
     duet_dev_buffer_free(d, b);
-    close_checked(d);
+    vk_fixture_device_close(d);
 }
 
 static void test_device_lost_timeline(void **state)
@@ -238,7 +205,7 @@ static void test_device_lost_model_forward(void **state)
     }
     duet_model_config cfg;
     assert_int_equal(duet_model_config_read(g, &cfg), DUET_OK);
-    duet_device *d = open_with("device_lost_after:0", NULL);
+    duet_device *d = vk_fixture_device("device_lost_after:0", NULL);
     duet_model_weights w;
     duet_runner *r = NULL;
     duet_status rc = duet_model_weights_load(g, &cfg, d, &w);
@@ -247,7 +214,7 @@ static void test_device_lost_model_forward(void **state)
          * the loss shows while loading: also a clean failure. */
         assert_int_equal(rc, DUET_ERR_DEVICE);
         assert_message_names("lost", NULL, NULL);
-        close_checked(d);
+        vk_fixture_device_close(d);
         duet_gguf_close(g);
         return;
     }
@@ -269,7 +236,7 @@ static void test_device_lost_model_forward(void **state)
     free(logits);
     duet_runner_free(r);
     duet_model_weights_release(d, &w);
-    close_checked(d);
+    vk_fixture_device_close(d);
     duet_gguf_close(g);
 }
 

@@ -29,41 +29,13 @@
 #include "vk_internal.h" /* the stream's barrier counter */
 #include "vk_spirv.h"
 #include "vulkan_backend.h"
+#include "vulkan_fixture.h"
 
 enum { N = 4096 };
 
 
-static duet_device *open_device(const char *timeline)
-{
-    duet_device *d = NULL;
-    if (timeline)
-        setenv("DUET_VK_TIMELINE", timeline, 1);
-    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &d);
-    unsetenv("DUET_VK_TIMELINE");
-    if (rc)
-        fail_msg("opening the Vulkan device: %s", duet_last_error());
-    return d;
-}
 
-static void close_checked(duet_device *d)
-{
-    int v = duet_vulkan_validation_errors(d);
-    duet_device_close(d);
-    if (v)
-        fail_msg("the Vulkan validation layer reported %d message(s) (see stderr)", v);
-}
 
-static duet_buffer *filled(duet_device *d, float value)
-{
-    duet_buffer *b = NULL;
-    float *x = malloc(N * sizeof *x);
-    for (int i = 0; i < N; i++)
-        x[i] = value;
-    assert_int_equal(duet_dev_buffer_alloc(d, N * sizeof(float), &b), DUET_OK);
-    assert_int_equal(duet_dev_buffer_write(d, (duet_addr){b, 0}, x, N * sizeof(float)), DUET_OK);
-    free(x);
-    return b;
-}
 
 static duet_addr at(duet_buffer *b) { return (duet_addr){b, 0}; }
 
@@ -106,10 +78,10 @@ static void test_spirv_write_masks(void **state)
 static void test_barriers_only_on_hazards(void **state)
 {
     (void)state;
-    duet_device *d = open_device(NULL);
+    duet_device *d = vk_fixture_device(NULL, NULL);
     duet_stream *s = NULL;
     assert_int_equal(duet_dev_stream_create(d, &s), DUET_OK);
-    duet_buffer *a = filled(d, 1), *b = filled(d, 2), *c = filled(d, 3), *e = filled(d, 4);
+    duet_buffer *a = vk_fixture_filled(d, N, 1), *b = vk_fixture_filled(d, N, 2), *c = vk_fixture_filled(d, N, 3), *e = vk_fixture_filled(d, N, 4);
     float *host = malloc(N * sizeof *host), *got_a = malloc(N * sizeof *got_a);
     float *got_c = malloc(N * sizeof *got_c);
     int first = ((const vk_ctx *)d->ctx)->timeline ? 0 : 1; /* the fence path's first barrier */
@@ -145,7 +117,7 @@ static void test_barriers_only_on_hazards(void **state)
     duet_buffer *all[] = {a, b, c, e};
     for (int i = 0; i < 4; i++)
         duet_dev_buffer_free(d, all[i]);
-    close_checked(d);
+    vk_fixture_device_close(d);
 }
 
 /* Two streams alternate without waiting in between: each step reads what
@@ -153,11 +125,11 @@ static void test_barriers_only_on_hazards(void **state)
 static void alternate(const char *timeline)
 {
     enum { STEPS = 24 };
-    duet_device *d = open_device(timeline);
+    duet_device *d = vk_fixture_device(NULL, timeline);
     duet_stream *s[2] = {NULL, NULL};
     assert_int_equal(duet_dev_stream_create(d, &s[0]), DUET_OK);
     assert_int_equal(duet_dev_stream_create(d, &s[1]), DUET_OK);
-    duet_buffer *x = filled(d, 1), *y = filled(d, 1);
+    duet_buffer *x = vk_fixture_filled(d, N, 1), *y = vk_fixture_filled(d, N, 1);
     float *got = malloc(N * sizeof *got);
     double fx = 1, fy = 1;
     for (int step = 0; step < STEPS; step++) {
@@ -181,7 +153,7 @@ static void alternate(const char *timeline)
     duet_dev_stream_destroy(d, s[1]);
     duet_dev_buffer_free(d, x);
     duet_dev_buffer_free(d, y);
-    close_checked(d);
+    vk_fixture_device_close(d);
 }
 
 static void test_submission_order_timeline(void **state)
@@ -207,10 +179,10 @@ static void test_missing_barrier_is_reported(void **state)
         fprintf(stderr, "  (synchronization validation is off: not exercised)\n");
         return;
     }
-    duet_device *d = open_device(NULL);
+    duet_device *d = vk_fixture_device(NULL, NULL);
     duet_stream *s = NULL;
     assert_int_equal(duet_dev_stream_create(d, &s), DUET_OK);
-    duet_buffer *a = filled(d, 1), *b = filled(d, 2);
+    duet_buffer *a = vk_fixture_filled(d, N, 1), *b = vk_fixture_filled(d, N, 2);
     duet_add_args a_b = {at(a), at(b), N}, b_a = {at(b), at(a), N};
     assert_int_equal(duet_dev_stream_begin(d, s), DUET_OK);
     assert_int_equal(duet_dev_add(d, s, &a_b), DUET_OK);
@@ -238,11 +210,11 @@ static void test_missing_submission_order_is_reported(void **state)
         fprintf(stderr, "  (synchronization validation is off: not exercised)\n");
         return;
     }
-    duet_device *d = open_device("0");
+    duet_device *d = vk_fixture_device(NULL, "0");
     duet_stream *s[2] = {NULL, NULL};
     assert_int_equal(duet_dev_stream_create(d, &s[0]), DUET_OK);
     assert_int_equal(duet_dev_stream_create(d, &s[1]), DUET_OK);
-    duet_buffer *x = filled(d, 1), *y = filled(d, 1);
+    duet_buffer *x = vk_fixture_filled(d, N, 1), *y = vk_fixture_filled(d, N, 1);
     fprintf(stderr, "  (synchronization hazards at vkQueueSubmit are expected next)\n");
     for (int step = 0; step < 2; step++) {
         duet_stream *cur = s[step % 2];

@@ -53,4 +53,48 @@ static inline int vk_fixture_close(side *vk, side *cpu, int cmocka_failed)
     return cmocka_failed || validation ? 1 : 0;
 }
 
+
+/* ---- for tests that open devices of their own (include <cmocka.h> first) ---- */
+
+/* A Vulkan device opened with DUET_VK_FAULT=fault and DUET_VK_TIMELINE=
+ * timeline for its creation only (NULL: unset); fails the test otherwise. */
+static inline duet_device *vk_fixture_device(const char *fault, const char *timeline)
+{
+    duet_device *d = NULL;
+    if (fault)
+        setenv("DUET_VK_FAULT", fault, 1);
+    if (timeline)
+        setenv("DUET_VK_TIMELINE", timeline, 1);
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &d);
+    unsetenv("DUET_VK_FAULT");
+    unsetenv("DUET_VK_TIMELINE");
+    if (rc)
+        fail_msg("opening the Vulkan device (DUET_VK_FAULT=%s): %s", fault ? fault : "",
+                 duet_last_error());
+    return d;
+}
+
+/* Close d; fail the test if the validation layer reported anything. */
+static inline void vk_fixture_device_close(duet_device *d)
+{
+    int v = duet_vulkan_validation_errors(d);
+    duet_device_close(d);
+    if (v)
+        fail_msg("the Vulkan validation layer reported %d message(s) (see stderr)", v);
+}
+
+/* A buffer of n floats, every one value. */
+static inline duet_buffer *vk_fixture_filled(duet_device *d, size_t n, float value)
+{
+    duet_buffer *b = NULL;
+    float *x = malloc(n * sizeof *x);
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = value;
+    assert_int_equal(duet_dev_buffer_alloc(d, n * sizeof(float), &b), DUET_OK);
+    assert_int_equal(duet_dev_buffer_write(d, (duet_addr){b, 0}, x, n * sizeof(float)), DUET_OK);
+    free(x);
+    return b;
+}
+
 #endif
