@@ -18,7 +18,7 @@ static const subcommand subcommands[] = {
     {"tokenize", cmd_tokenize, "text to token ids, or ids back to text (--decode)"},
     {"serve", cmd_serve, "OpenAI-compatible HTTP server with metrics and a live dashboard"},
     {"devices", cmd_devices, "list the devices of every backend and the --device spec of each"},
-    {"conform", cmd_conform, "compare every device op between two backends (NMSE, NaN checks)"},
+    {"conform", cmd_conform, "compare two backends: every device op, and a model end to end"},
     {"bench", cmd_bench, "benchmarks: latency, throughput, serve, sampler, forward, bandwidth"},
 };
 
