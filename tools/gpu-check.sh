@@ -8,7 +8,8 @@
 #                                           seeded sampling)
 #   4. duet bench forward on a Llama-3.1-8B-shaped dummy model (BF16): decode
 #      at batch 1, 8, 64 and a 2,048-token prefill; tok/s and achieved
-#      bandwidth = bytes a step must read / step time, against step 2
+#      bandwidth = bytes a step must read / step time, against step 2; then
+#      batch-1 decode again through the tiled matmul, for comparison
 #   5. conform on a SmolLM2-135M-shaped dummy (Q4_1), if time is left
 # Every step has a timeout; a failed step is reported and the rest still
 # run. A table comes last; JSON and logs go to $DUET_RESULTS (default
@@ -162,6 +163,10 @@ run conform-ops 75 - "$duet" conform --backends cpu,vulkan --json "$results/conf
 run conform-model 40 - "$duet" conform --backends cpu,vulkan --ops model --model-config "$tiny" \
   --dummy-dtype f16 --dummy-seed 1 --json "$results/conform-model.json" "${model_args[@]}"
 run forward 170 forward.json "$duet" bench forward --device vulkan --json "${fwd_model[@]}" "${fwd_args[@]}"
+# The same batch-1 decode through the tiled matmul (the default for 16-bit
+# weights is matmul_vec where the device has subgroup arithmetic).
+run forward-tiled 60 forward-tiled.json env DUET_VK_MATMUL=tiled "$duet" bench forward \
+  --device vulkan --json "${fwd_model[@]}" "${fwd_args[@]}" --batch 1 --prefill 0
 if [ "$quick" = 0 ]; then
   run conform-smollm 60 - "$duet" conform --backends cpu,vulkan --ops model \
     --model-config smollm2-135m --dummy-dtype q4_1 --dummy-seed 1 --json "$results/conform-smollm.json"
@@ -250,6 +255,14 @@ if fw:
                      "%.1f tok/s (%.2f s, chunks of %d)" % (p["tok_s"], p["seconds_median"], p["chunk"])))
     if not fw.get("ok", False):
         rows.append(("forward", "FAIL", "incomplete (see forward.log)"))
+ft = load("forward-tiled.json")
+summary["forward_tiled"] = ft
+for d in (ft or {}).get("decode", []):
+    pct = " = %.0f%% of copy" % (100 * d["gbps"] / copy) if copy else ""
+    rows.append(("decode %d, tiled mm" % d["batch"], status("forward-tiled"),
+                 "%.2f ms/step, %.1f tok/s, %.1f GB/s%s" % (d["step_ms_median"], d["tok_s"], d["gbps"], pct)))
+if fw:
+    pass
 elif status("forward") == "SKIPPED":
     rows.append(("forward", "SKIPPED", "not run: the time budget was spent"))
 else:

@@ -201,11 +201,13 @@ static void probe(const duet_vk_instance_fns *fi, VkPhysicalDevice pd, vk_caps *
 
     c->usable = have_queue && VK_API_VERSION_MINOR(p.apiVersion) >= 2;
     /* llvmpipe-like devices run workgroup barriers as coroutine switches:
-     * the per-output matmul is ~50x faster there. DUET_VK_MATMUL=tiled or
-     * =per-output overrides (tests cover both). */
+     * the per-output matmul is ~50x faster there. GPUs with subgroup
+     * arithmetic take matmul_vec for 16-bit weights (decided below, once
+     * the subgroup properties are read). DUET_VK_MATMUL=tiled, =per-output
+     * or =vec overrides (tests cover each). */
     c->per_output_matmul = p.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
     const char *mm = getenv("DUET_VK_MATMUL");
-    if (mm && strcmp(mm, "tiled") == 0)
+    if (mm && (strcmp(mm, "tiled") == 0 || strcmp(mm, "vec") == 0))
         c->per_output_matmul = 0;
     if (mm && strcmp(mm, "per-output") == 0)
         c->per_output_matmul = 1;
@@ -230,6 +232,9 @@ static void probe(const duet_vk_instance_fns *fi, VkPhysicalDevice pd, vk_caps *
     c->subgroup_size = p11.subgroupSize;
     c->subgroup_ops = p11.subgroupSupportedOperations;
     c->subgroup_in_compute = (p11.subgroupSupportedStages & VK_SHADER_STAGE_COMPUTE_BIT) != 0;
+    int sg_arith = c->subgroup_in_compute && (c->subgroup_ops & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
+                   (c->subgroup_ops & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT);
+    c->vec_matmul = sg_arith && !c->per_output_matmul && !(mm && strcmp(mm, "tiled") == 0);
 
     VkPhysicalDeviceShaderIntegerDotProductFeatures fdot = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};

@@ -241,13 +241,22 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
             if (rc)
                 break;
             int per_output = c->caps.per_output_matmul;
-            uint64_t groups = per_output ? ceil_div(ceil_div(mc, MATMUL_MT) * nc, 64)
-                                         : ceil_div(nc, MATMUL_RPW);
+            /* matmul_vec reads 16-byte pieces: whole pieces per row, aligned. */
+            int vec = c->caps.vec_matmul &&
+                      (a->w_type == DUET_F16 || a->w_type == DUET_BF16) && a->k % 8 == 0 &&
+                      w_res % 16 == 0;
+            uint64_t groups = vec          ? nc
+                              : per_output ? ceil_div(ceil_div(mc, MATMUL_MT) * nc, 64)
+                                           : ceil_div(nc, MATMUL_RPW);
             uint32_t gx = groups < MAX_GROUPS_X ? (uint32_t)groups : MAX_GROUPS_X;
             uint32_t gz = (uint32_t)ceil_div(groups, gx);
-            uint32_t gy = per_output ? 1 : (uint32_t)ceil_div(mc, MATMUL_MT);
-            rc = duet_vk_dispatch(c, s, VK_SH_MATMUL, (uint32_t)a->w_type + 32u * per_output, b,
-                                  4, &pc, sizeof pc, gx, gy, gz);
+            uint32_t gy = per_output && !vec ? 1 : (uint32_t)ceil_div(mc, MATMUL_MT);
+            if (vec)
+                rc = duet_vk_dispatch(c, s, VK_SH_MATMUL_VEC, (uint32_t)a->w_type, b, 4, &pc,
+                                      sizeof pc, gx, gy, gz);
+            else
+                rc = duet_vk_dispatch(c, s, VK_SH_MATMUL, (uint32_t)a->w_type + 32u * per_output,
+                                      b, 4, &pc, sizeof pc, gx, gy, gz);
         }
     }
     return rc;

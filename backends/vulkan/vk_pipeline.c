@@ -25,6 +25,7 @@ static const char *const shader_names[VK_SH_COUNT] = {
     [VK_SH_KV_WRITE] = "kv_write",
     [VK_SH_ATTENTION] = "attention",
     [VK_SH_SAMPLE] = "sample",
+    [VK_SH_MATMUL_VEC] = "matmul_vec",
 };
 
 /* ---- the on-disk pipeline cache -------------------------------------------- */

@@ -418,16 +418,15 @@ static void test_matmul_types(void **state)
     check_validation();
 }
 
-/* The other matmul kernel variant than the device's default (tiled with
- * shared memory for GPUs, one invocation per output for CPU-type devices),
- * on a second Vulkan device opened with DUET_VK_MATMUL forcing it. */
-static void test_matmul_other_variant(void **state)
+/* Each matmul kernel variant (tiled with shared memory, one invocation
+ * per output, and the 16-byte-load subgroup kernel of 16-bit weights), on
+ * Vulkan devices opened with DUET_VK_MATMUL forcing it: every weight type
+ * against the reference, and batch invariance — each row of an 11-row
+ * batch bitwise equal to the same row computed alone. */
+static void variant_cases(const char *variant)
 {
-    (void)state;
-    duet_device_info info;
-    duet_dev_info(vk.d, &info);
     side saved = vk;
-    setenv("DUET_VK_MATMUL", strstr(info.name, ", cpu)") ? "tiled" : "per-output", 1);
+    setenv("DUET_VK_MATMUL", variant, 1);
     duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
     unsetenv("DUET_VK_MATMUL");
     assert_int_equal(rc, DUET_OK);
@@ -439,11 +438,33 @@ static void test_matmul_other_variant(void **state)
         matmul_case(t, 11, 2 * kq, 21, 1);
         if (duet_dtype_get(t)->block_elems == 1)
             matmul_case(t, 3, 100, 9, 1);
+        /* batch invariance */
+        int m = 11, k = 2 * kq, n = 21;
+        size_t bytes;
+        uint8_t *w = random_weights(t, n, k, &bytes);
+        float *in = frand_array((size_t)m * k, 1), *all = malloc(4ull * m * n),
+              *one = malloc(4ull * n);
+        run_matmul(&vk, t, w, bytes, in, NULL, m, k, n, all);
+        for (int r = 0; r < m; r++) {
+            run_matmul(&vk, t, w, bytes, in + (size_t)r * k, NULL, 1, k, n, one);
+            if (memcmp(one, all + (size_t)r * n, 4ull * n) != 0)
+                fail_msg("matmul %s variant %s: row %d alone differs from the batch",
+                         duet_dtype_get(t)->name, variant, r);
+        }
+        free(w), free(in), free(all), free(one);
     }
     check_validation();
     duet_dev_stream_destroy(vk.d, vk.s);
     duet_device_close(vk.d);
     vk = saved;
+}
+
+static void test_matmul_variants(void **state)
+{
+    (void)state;
+    variant_cases("tiled");
+    variant_cases("per-output");
+    variant_cases("vec");
 }
 
 /* A weight of 160 MiB: more than lavapipe binds at once (128 MiB), so
@@ -841,7 +862,7 @@ int main(void)
         cmocka_unit_test(test_embed_types),
         cmocka_unit_test(test_embed_prev_tokens),
         cmocka_unit_test(test_matmul_types),
-        cmocka_unit_test(test_matmul_other_variant),
+        cmocka_unit_test(test_matmul_variants),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_kv_write),
         cmocka_unit_test(test_attention),

@@ -65,11 +65,11 @@ if "$duet" devices --json >"$tmp/dev.json" 2>/dev/null &&
   DUET_VK_VALIDATION=1 DUET_RESULTS="$tmp/res" bash "$root/tools/gpu-check.sh" --quick --duet "$duet" \
     >"$tmp/gc.txt" 2>&1
   rc=$?
-  if [ $rc -eq 0 ] && tail -n 12 "$tmp/gc.txt" | grep -q "^decode batch 64 " &&
+  if [ $rc -eq 0 ] && tail -n 13 "$tmp/gc.txt" | grep -q "^decode batch 64 " &&
      [ "$(tail -n 1 "$tmp/gc.txt")" = "JSON: $tmp/res/summary.json" ] &&
      ! grep -qi "validation" "$tmp/res"/*.log && py_json "$tmp/res/summary.json" '
 assert d["quick"] is True
-assert [s["step"] for s in d["steps"]] == ["devices", "bandwidth", "conform-ops", "conform-model", "forward"]
+assert [s["step"] for s in d["steps"]] == ["devices", "bandwidth", "conform-ops", "conform-model", "forward", "forward-tiled"]
 assert all(s["status"] == "OK" for s in d["steps"]), d["steps"]
 assert d["bandwidth"]["copy_gbps_median"] > 0
 assert d["conform-ops"]["summary"]["fail"] == 0 and d["conform-ops"]["summary"]["pass"] > 50
@@ -78,6 +78,7 @@ assert m["model.logits"] == m["model.top1"] == m["model.greedy"] == "PASS", m
 assert [x["batch"] for x in d["forward"]["decode"]] == [1, 8, 64]
 assert all(0 < x["fraction_of_copy"] for x in d["forward"]["decode"])
 assert d["forward"]["prefill"]["tokens"] == 256
+assert [x["batch"] for x in d["forward_tiled"]["decode"]] == [1]
 ' "$tmp/res/summary.json" 2>"$tmp/err"; then
     ok "gpu-check.sh --quick on $(py_json "$tmp/dev.json" 'print([x["name"] for x in d["devices"] if x["backend"] == "vulkan"][0])' "$tmp/dev.json")"
   else
