@@ -189,4 +189,26 @@ static inline void random_edits(duet_sample_edit *e, int n, int vocab)
     }
 }
 
+
+/* How many of tokens 0..vocab-1 draw the largest uniform (word >> 9) at
+ * (position, sample 0) under seed key: >= 2 means the race has a tie the
+ * id rule must break when all d are equal. */
+static inline int top_uniform_ties(const uint32_t key[2], uint32_t pos, int vocab)
+{
+    uint32_t top = 0;
+    int n_top = 0;
+    for (uint32_t blk = 0; blk < (uint32_t)vocab / 4; blk++) {
+        uint32_t ctr[4] = {blk, pos, 0, 0}, r[4];
+        duet_sm_philox4x32(ctr, key, r);
+        for (int j = 0; j < 4; j++) {
+            uint32_t u = r[j] >> 9;
+            if (u > top)
+                top = u, n_top = 1;
+            else if (u == top)
+                n_top++;
+        }
+    }
+    return n_top;
+}
+
 #endif

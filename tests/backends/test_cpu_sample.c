@@ -483,20 +483,7 @@ static void test_score_ties_lowest_id(void **state)
     batch b = batch_new(1, V, 0);
     duet_request_params p = {.temperature = 1.0f};
     for (uint32_t pos = 0; pos < 60000 && found < WANT; pos++) {
-        uint32_t top = 0;
-        int n_top = 0;
-        for (uint32_t blk = 0; blk < V / 4; blk++) {
-            uint32_t ctr[4] = {blk, pos, 0, 0}, r[4];
-            duet_sm_philox4x32(ctr, key, r);
-            for (int j = 0; j < 4; j++) {
-                uint32_t u = r[j] >> 9;
-                if (u > top)
-                    top = u, n_top = 1;
-                else if (u == top)
-                    n_top++;
-            }
-        }
-        if (n_top < 2)
+        if (top_uniform_ties(key, pos, V) < 2)
             continue;
         /* Expected: the lowest id with the largest g (g from the spec's
          * building blocks; d is 0 for every token). */

@@ -370,20 +370,7 @@ static void test_score_ties(void **state)
     batch b = batch_new(R, V, 0);
     int found = 0;
     for (uint32_t pos = 0; pos < 400000 && found < R; pos++) {
-        uint32_t top = 0;
-        int n_top = 0;
-        for (uint32_t blk = 0; blk < V / 4; blk++) {
-            uint32_t ctr[4] = {blk, pos, 0, 0}, r[4];
-            duet_sm_philox4x32(ctr, key, r);
-            for (int j = 0; j < 4; j++) {
-                uint32_t u = r[j] >> 9;
-                if (u > top)
-                    top = u, n_top = 1;
-                else if (u == top)
-                    n_top++;
-            }
-        }
-        if (n_top < 2)
+        if (top_uniform_ties(key, pos, V) < 2)
             continue;
         duet_request_params p = {.temperature = 1.0f, .top_p = found % 2 ? 0.9999f : 0.0f};
         b.rows[found] = make_row(&p, V, 0x5eed, pos);
