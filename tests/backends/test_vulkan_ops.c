@@ -467,6 +467,29 @@ static void test_matmul_variants(void **state)
     variant_cases("vec");
 }
 
+/* Embed rows ids[0..n) of an F16 table and one matmul over all of it, on
+ * both devices; the Vulkan results must match the reference's. */
+static void big_table_cases(const uint16_t *table, size_t bytes, int dim, int vocab,
+                            const int32_t *ids, int n, const char *label)
+{
+    char what[96];
+    float *want = malloc(4ull * n * dim), *got = malloc(4ull * n * dim);
+    run_embed(&cpu, DUET_F16, table, bytes, vocab, dim, ids, n, want);
+    run_embed(&vk, DUET_F16, table, bytes, vocab, dim, ids, n, got);
+    snprintf(what, sizeof what, "embed F16 %s", label);
+    assert_same(what, got, want, (size_t)n * dim);
+    free(want), free(got);
+
+    float *in = frand_array(dim, 1);
+    want = malloc(4ull * vocab);
+    got = malloc(4ull * vocab);
+    run_matmul(&cpu, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, want);
+    run_matmul(&vk, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, got);
+    snprintf(what, sizeof what, "matmul F16 %s", label);
+    assert_match(what, got, want, vocab, 5e-4);
+    free(in), free(want), free(got);
+}
+
 /* A weight of 160 MiB: more than lavapipe binds at once (128 MiB), so
  * embed and matmul must split it; the rows read sit past 128 MiB. */
 static void test_big_weight(void **state)
@@ -478,20 +501,8 @@ static void test_big_weight(void **state)
     for (size_t i = 0; i < bytes / 2; i++)
         table[i] = duet_f32_to_f16(frand());
     int32_t ids[] = {vocab - 1, 17000, 3, 16384};
-    int n = 4;
-    float *want = malloc(4ull * n * dim), *got = malloc(4ull * n * dim);
-    run_embed(&cpu, DUET_F16, table, bytes, vocab, dim, ids, n, want);
-    run_embed(&vk, DUET_F16, table, bytes, vocab, dim, ids, n, got);
-    assert_same("embed F16 160 MiB", got, want, (size_t)n * dim);
-    free(want), free(got);
-
-    float *in = frand_array(dim, 1);
-    want = malloc(4ull * vocab);
-    got = malloc(4ull * vocab);
-    run_matmul(&cpu, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, want);
-    run_matmul(&vk, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, got);
-    assert_match("matmul F16 160 MiB", got, want, vocab, 5e-4);
-    free(in), free(want), free(got), free(table);
+    big_table_cases(table, bytes, dim, vocab, ids, 4, "160 MiB");
+    free(table);
     check_validation();
 }
 
@@ -517,19 +528,7 @@ static void test_big_weight_chunked(void **state)
     for (size_t i = 0; i < bytes / 2; i++)
         table[i] = duet_f32_to_f16(frand());
     int32_t ids[] = {vocab - 1, 17000, 3, 16383, 16384, 8192};
-    int n = 6;
-    float *want = malloc(4ull * n * dim), *got = malloc(4ull * n * dim);
-    run_embed(&cpu, DUET_F16, table, bytes, vocab, dim, ids, n, want);
-    run_embed(&vk, DUET_F16, table, bytes, vocab, dim, ids, n, got);
-    assert_same("embed F16 160 MiB, two chunks", got, want, (size_t)n * dim);
-    free(want), free(got);
-
-    float *in = frand_array(dim, 1);
-    want = malloc(4ull * vocab);
-    got = malloc(4ull * vocab);
-    run_matmul(&cpu, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, want);
-    run_matmul(&vk, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, got);
-    assert_match("matmul F16 160 MiB, two chunks", got, want, vocab, 5e-4);
+    big_table_cases(table, bytes, dim, vocab, ids, 6, "160 MiB, two chunks");
 
     /* Every byte back, synchronously and through a stream download. */
     duet_buffer *b = mk(&vk, table, bytes);
@@ -544,7 +543,7 @@ static void test_big_weight_chunked(void **state)
     assert_int_equal(duet_dev_stream_wait(vk.d, vk.s), DUET_OK);
     assert_memory_equal(back, table, bytes);
     duet_dev_buffer_free(vk.d, b);
-    free(back), free(in), free(want), free(got), free(table);
+    free(back), free(table);
     check_validation();
     duet_dev_stream_destroy(vk.d, vk.s);
     duet_device_close(vk.d);
