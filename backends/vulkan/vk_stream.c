@@ -27,6 +27,23 @@
 #include "vk_internal.h"
 
 /* Block until the stream's last submission is done. */
+/* Make *arr (of elem-byte items, capacity *cap) hold at least need items,
+ * doubling from 16. */
+static duet_status grow(void **arr, int *cap, int need, size_t elem, const char *what)
+{
+    if (need <= *cap)
+        return DUET_OK;
+    int c = *cap ? *cap : 16;
+    while (c < need)
+        c *= 2;
+    void *grown = realloc(*arr, (size_t)c * elem);
+    if (!grown)
+        return duet_error(DUET_ERR_OUT_OF_MEMORY, "Vulkan: out of memory %s (%d items)", what, c);
+    *arr = grown;
+    *cap = c;
+    return DUET_OK;
+}
+
 static VkResult wait_done(vk_ctx *c, duet_stream *s)
 {
     if (!c->timeline)
@@ -182,16 +199,10 @@ static duet_status order_command(vk_ctx *c, duet_stream *s, const vk_access *acc
         s->n_pending = 0;
         s->need_barrier = 0;
     }
-    if (s->n_pending + n > s->cap_pending) {
-        int cap = s->cap_pending ? 2 * s->cap_pending : 64;
-        while (cap < s->n_pending + n)
-            cap *= 2;
-        vk_access *grown = realloc(s->pending, (size_t)cap * sizeof *grown);
-        if (!grown)
-            return duet_error(DUET_ERR_OUT_OF_MEMORY, "Vulkan: out of memory tracking hazards");
-        s->pending = grown;
-        s->cap_pending = cap;
-    }
+    duet_status rc = grow((void **)&s->pending, &s->cap_pending, s->n_pending + n,
+                          sizeof *s->pending, "tracking hazards");
+    if (rc)
+        return rc;
     memcpy(s->pending + s->n_pending, acc, (size_t)n * sizeof *acc);
     s->n_pending += n;
     s->n_commands++;
@@ -309,14 +320,10 @@ duet_status duet_vk_stream_scratch(vk_ctx *c, duet_stream *s, size_t n, vk_bindi
             st = &s->staging[i];
     }
     if (!st) {
-        if (s->n_staging == s->cap_staging) {
-            int cap = s->cap_staging ? 2 * s->cap_staging : 4;
-            vk_staging *grown = realloc(s->staging, cap * sizeof *grown);
-            if (!grown)
-                return duet_error(DUET_ERR_OUT_OF_MEMORY, "Vulkan: out of memory for staging");
-            s->staging = grown;
-            s->cap_staging = cap;
-        }
+        duet_status grc = grow((void **)&s->staging, &s->cap_staging, s->n_staging + 1,
+                               sizeof *s->staging, "for staging");
+        if (grc)
+            return grc;
         st = &s->staging[s->n_staging];
         memset(st, 0, sizeof *st);
         st->size = n > VK_STAGING_BLOCK ? (n + align - 1) / align * align : VK_STAGING_BLOCK;
@@ -374,14 +381,9 @@ duet_status duet_vk_download(void *ctx, duet_stream *s, duet_addr src, void *dst
     void *host;
     if (rc || (rc = duet_vk_stream_scratch(c, s, n, &st, &host)))
         return rc;
-    if (s->n_downloads == s->cap_downloads) {
-        int cap = s->cap_downloads ? 2 * s->cap_downloads : 16;
-        vk_download *grown = realloc(s->downloads, cap * sizeof *grown);
-        if (!grown)
-            return duet_error(DUET_ERR_OUT_OF_MEMORY, "Vulkan: out of memory for downloads");
-        s->downloads = grown;
-        s->cap_downloads = cap;
-    }
+    if ((rc = grow((void **)&s->downloads, &s->cap_downloads, s->n_downloads + 1,
+                   sizeof *s->downloads, "for downloads")))
+        return rc;
     const duet_buffer *b = src.buf;
     uint64_t stride = c->chunk_cap - c->halo;
     for (size_t done = 0; done < n;) {
@@ -411,14 +413,10 @@ static duet_status alloc_set(vk_ctx *c, duet_stream *s, VkDescriptorSet *set)
         s->sets_in_cur = 0;
     }
     if (s->cur_dpool == s->n_dpools) {
-        if (s->n_dpools == s->cap_dpools) {
-            int cap = s->cap_dpools ? 2 * s->cap_dpools : 4;
-            VkDescriptorPool *grown = realloc(s->dpools, cap * sizeof *grown);
-            if (!grown)
-                return duet_error(DUET_ERR_OUT_OF_MEMORY, "Vulkan: out of memory for pools");
-            s->dpools = grown;
-            s->cap_dpools = cap;
-        }
+        duet_status grc = grow((void **)&s->dpools, &s->cap_dpools, s->n_dpools + 1,
+                               sizeof *s->dpools, "for pools");
+        if (grc)
+            return grc;
         VkDescriptorPoolSize size = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                      VK_SETS_PER_POOL * VK_MAX_BINDINGS};
         VkDescriptorPoolCreateInfo dpci = {
