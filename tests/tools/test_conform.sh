@@ -11,11 +11,7 @@ duet="$1"
 fixtures="$(cd "$(dirname "$0")/../fixtures/conform" && pwd)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-failures=0
-passed=0
-ok() { passed=$((passed + 1)); echo "ok   $1"; }
-bad() { failures=$((failures + 1)); echo "FAIL $1"; }
-py_json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); $2" "$3"; }
+. "$(dirname "$0")/test_lib.bash"
 
 # 1. cpu-ref vs cpu: every case passes, the JSON holds every op.
 if "$duet" conform --backends cpu-ref,cpu --json "$tmp/ref.json" >"$tmp/ref.txt" 2>"$tmp/err"; then
@@ -137,18 +133,6 @@ assert s["status"] == "PASS" or (s["status"] == "SKIP" and s["note"] == "unsuppo
 fi
 
 # 4. Bad arguments: non-zero exit, exactly one line on stderr naming the problem.
-expect_error() {
-  local name="$1" pattern="$2"
-  shift 2
-  "$duet" "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] &&
-     grep -Eq -- "$pattern" "$tmp/err"; then
-    ok "$name: $(cat "$tmp/err")"
-  else
-    bad "$name: rc=$rc stderr: $(cat "$tmp/err")"
-  fi
-}
 expect_error "unknown backend" "--backends 'cpu,nosuch'" conform --backends cpu,nosuch
 expect_error "one backend" "exactly two" conform --backends cpu
 expect_error "three backends" "exactly two" conform --backends cpu,cpu,cpu
@@ -180,5 +164,4 @@ fi
 "$duet" devices --help | grep -q "usage: duet devices" && ok "devices --help" || bad "devices --help"
 "$duet" conform --help | grep -q "usage: duet conform" && ok "conform --help" || bad "conform --help"
 
-echo "$passed passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

@@ -9,11 +9,7 @@ duet="$1"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-failures=0
-passed=0
-ok() { passed=$((passed + 1)); echo "ok   $1"; }
-bad() { failures=$((failures + 1)); echo "FAIL $1"; }
-py_json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); $2" "$3"; }
+. "$(dirname "$0")/test_lib.bash"
 tiny="$root/tests/fixtures/conform/tiny-llama.json"
 
 # 1. bench forward on the CPU: decode rows per batch size, a prefill, and
@@ -40,18 +36,6 @@ else
 fi
 
 # 2. Bad arguments: non-zero exit, one line on stderr naming the flag.
-expect_error() {
-  local name="$1" pattern="$2"
-  shift 2
-  "$duet" "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] &&
-     grep -Eq -- "$pattern" "$tmp/err"; then
-    ok "$name: $(cat "$tmp/err")"
-  else
-    bad "$name: rc=$rc stderr: $(cat "$tmp/err")"
-  fi
-}
 expect_error "forward --batch 0" "--batch" bench forward --batch 0
 expect_error "forward --batch list" "--batch" bench forward --batch 1,,2
 expect_error "forward --kv-type" "--kv-type 'q8'" bench forward --kv-type q8
@@ -103,5 +87,4 @@ else
   echo "skip gpu-check.sh --quick: no usable Vulkan device"
 fi
 
-echo "$passed passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

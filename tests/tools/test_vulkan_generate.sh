@@ -7,7 +7,7 @@ set -u
 duet="$1"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-. "$(dirname "$0")/vulkan_test_lib.bash"
+. "$(dirname "$0")/test_lib.bash"
 require_vulkan
 
 prompt="The capital of France is"

@@ -14,7 +14,7 @@ tmp="$(mktemp -d)"
 pid=""
 cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
-. "$(dirname "$0")/vulkan_test_lib.bash"
+. "$(dirname "$0")/test_lib.bash"
 require_vulkan
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 url="http://127.0.0.1:$port"
