@@ -246,6 +246,14 @@ duet_status duet_vk_bind_range(vk_ctx *c, const char *op, const char *name, duet
                                uint64_t lo, uint64_t hi, vk_binding *out, uint32_t *residual);
 /* Largest byte count an op may bind as one operand (room for alignment). */
 uint64_t duet_vk_max_bind(const vk_ctx *c);
+/* vk_ops.c's recording helpers, shared by the other recorders: bind a
+ * float/int32 operand's bytes [lo, hi) past a.offset (*words = the word
+ * offset of a.offset + lo inside the binding); a placeholder binding for an
+ * absent operand; a 1-D count of workgroups folded into x and y. */
+duet_status duet_vk_bind_words(vk_ctx *c, const char *op, const char *name, duet_addr a,
+                               uint64_t lo, uint64_t hi, vk_binding *b, uint32_t *words);
+vk_binding duet_vk_dummy_binding(const vk_ctx *c);
+void duet_vk_grid_2d(uint64_t groups, uint32_t *gx, uint32_t *gy);
 
 /* vk_stream.c */
 duet_status duet_vk_stream_create(void *ctx, duet_stream **out);

@@ -14,7 +14,7 @@
 enum { MAX_GROUPS_X = 65535, MATMUL_MT = 8, MATMUL_RPW = 4 };
 
 /* A 1-D count of workgroups folded into x and y (group_linear()). */
-static void grid_2d(uint64_t groups, uint32_t *gx, uint32_t *gy)
+void duet_vk_grid_2d(uint64_t groups, uint32_t *gx, uint32_t *gy)
 {
     *gx = groups < MAX_GROUPS_X ? (uint32_t)groups : MAX_GROUPS_X;
     *gy = *gx ? (uint32_t)((groups + *gx - 1) / *gx) : 0;
@@ -24,8 +24,8 @@ static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
 /* Bind a float/int32 operand: bytes [lo, hi) past a.offset; *words is the
  * word offset of a.offset + lo inside the binding. */
-static duet_status bind_words(vk_ctx *c, const char *op, const char *name, duet_addr a,
-                              uint64_t lo, uint64_t hi, vk_binding *b, uint32_t *words)
+duet_status duet_vk_bind_words(vk_ctx *c, const char *op, const char *name, duet_addr a,
+                               uint64_t lo, uint64_t hi, vk_binding *b, uint32_t *words)
 {
     uint32_t residual;
     if (a.offset % 4)
@@ -37,7 +37,7 @@ static duet_status bind_words(vk_ctx *c, const char *op, const char *name, duet_
     return rc;
 }
 
-static vk_binding dummy_binding(const vk_ctx *c)
+vk_binding duet_vk_dummy_binding(const vk_ctx *c)
 {
     return (vk_binding){c->dummy->chunk[0].buf, 0, VK_WHOLE_SIZE};
 }
@@ -67,12 +67,16 @@ duet_status duet_vk_add(void *ctx, duet_stream *s, const duet_add_args *a)
     for (uint64_t e0 = 0; e0 < (uint64_t)a->n && rc == DUET_OK; e0 += piece) {
         uint64_t cnt = (uint64_t)a->n - e0 < piece ? (uint64_t)a->n - e0 : piece;
         vk_binding b[2];
-        struct { uint32_t n, a_off, b_off; } pc = {(uint32_t)cnt, 0, 0};
-        if ((rc = bind_words(c, "add", "a", a->a, 4 * e0, 4 * (e0 + cnt), &b[0], &pc.a_off)) ||
-            (rc = bind_words(c, "add", "b", a->b, 4 * e0, 4 * (e0 + cnt), &b[1], &pc.b_off)))
+        struct {
+            uint32_t n, a_off, b_off;
+        } pc = {(uint32_t)cnt, 0, 0};
+        if ((rc = duet_vk_bind_words(c, "add", "a", a->a, 4 * e0, 4 * (e0 + cnt), &b[0],
+                                     &pc.a_off)) ||
+            (rc =
+                 duet_vk_bind_words(c, "add", "b", a->b, 4 * e0, 4 * (e0 + cnt), &b[1], &pc.b_off)))
             break;
         uint32_t gx, gy;
-        grid_2d(ceil_div(cnt, 256), &gx, &gy);
+        duet_vk_grid_2d(ceil_div(cnt, 256), &gx, &gy);
         rc = duet_vk_dispatch(c, s, VK_SH_ADD, 0, b, 2, &pc, sizeof pc, gx, gy, 1);
     }
     return rc;
@@ -88,12 +92,12 @@ duet_status duet_vk_swiglu(void *ctx, duet_stream *s, const duet_swiglu_args *a)
         uint64_t lo = 4 * e0, hi = 4 * (e0 + cnt);
         vk_binding b[3];
         struct { uint32_t n, g_off, u_off, o_off; } pc = {(uint32_t)cnt, 0, 0, 0};
-        if ((rc = bind_words(c, "swiglu", "gate", a->gate, lo, hi, &b[0], &pc.g_off)) ||
-            (rc = bind_words(c, "swiglu", "up", a->up, lo, hi, &b[1], &pc.u_off)) ||
-            (rc = bind_words(c, "swiglu", "out", a->out, lo, hi, &b[2], &pc.o_off)))
+        if ((rc = duet_vk_bind_words(c, "swiglu", "gate", a->gate, lo, hi, &b[0], &pc.g_off)) ||
+            (rc = duet_vk_bind_words(c, "swiglu", "up", a->up, lo, hi, &b[1], &pc.u_off)) ||
+            (rc = duet_vk_bind_words(c, "swiglu", "out", a->out, lo, hi, &b[2], &pc.o_off)))
             break;
         uint32_t gx, gy;
-        grid_2d(ceil_div(cnt, 256), &gx, &gy);
+        duet_vk_grid_2d(ceil_div(cnt, 256), &gx, &gy);
         rc = duet_vk_dispatch(c, s, VK_SH_SWIGLU, 0, b, 3, &pc, sizeof pc, gx, gy, 1);
     }
     return rc;
@@ -107,20 +111,22 @@ duet_status duet_vk_rms_norm(void *ctx, duet_stream *s, const duet_rms_norm_args
     uint64_t rows = duet_vk_max_bind(c) / row;
     if (rows == 0)
         return duet_error(DUET_ERR_UNSUPPORTED,
-                          "rms_norm: a row of %d floats exceeds this device's binding limit", a->dim);
+                          "rms_norm: a row of %d floats exceeds this device's binding limit",
+                          a->dim);
     for (uint64_t r0 = 0; r0 < (uint64_t)a->n_rows && rc == DUET_OK; r0 += rows) {
         uint64_t cnt = (uint64_t)a->n_rows - r0 < rows ? (uint64_t)a->n_rows - r0 : rows;
         vk_binding b[3];
         struct { uint32_t n_rows, dim; float eps; uint32_t x_off, w_off, y_off; } pc = {
             (uint32_t)cnt, (uint32_t)a->dim, a->eps, 0, 0, 0};
-        if ((rc = bind_words(c, "rms_norm", "x", a->x, r0 * row, (r0 + cnt) * row, &b[0],
-                             &pc.x_off)) ||
-            (rc = bind_words(c, "rms_norm", "weight", a->weight, 0, row, &b[1], &pc.w_off)) ||
-            (rc = bind_words(c, "rms_norm", "out", a->out, r0 * row, (r0 + cnt) * row, &b[2],
-                             &pc.y_off)))
+        if ((rc = duet_vk_bind_words(c, "rms_norm", "x", a->x, r0 * row, (r0 + cnt) * row, &b[0],
+                                     &pc.x_off)) ||
+            (rc = duet_vk_bind_words(c, "rms_norm", "weight", a->weight, 0, row, &b[1],
+                                     &pc.w_off)) ||
+            (rc = duet_vk_bind_words(c, "rms_norm", "out", a->out, r0 * row, (r0 + cnt) * row,
+                                     &b[2], &pc.y_off)))
             break;
         uint32_t gx, gy;
-        grid_2d(cnt, &gx, &gy);
+        duet_vk_grid_2d(cnt, &gx, &gy);
         rc = duet_vk_dispatch(c, s, VK_SH_RMS_NORM, 0, b, 3, &pc, sizeof pc, gx, gy, 1);
     }
     return rc;
@@ -133,15 +139,15 @@ duet_status duet_vk_gather_rows(void *ctx, duet_stream *s, const duet_gather_row
     vk_binding b[3];
     struct { uint32_t n_in, n_out, dim, x_off, r_off, o_off; } pc = {
         (uint32_t)a->n_in, (uint32_t)a->n_out, (uint32_t)a->dim, 0, 0, 0};
-    if ((rc = bind_words(c, "gather_rows", "x", a->x, 0, 4ull * a->n_in * a->dim, &b[0],
-                         &pc.x_off)) ||
-        (rc = bind_words(c, "gather_rows", "rows", a->rows, 0, 4ull * a->n_out, &b[1],
-                         &pc.r_off)) ||
-        (rc = bind_words(c, "gather_rows", "out", a->out, 0, 4ull * a->n_out * a->dim, &b[2],
-                         &pc.o_off)))
+    if ((rc = duet_vk_bind_words(c, "gather_rows", "x", a->x, 0, 4ull * a->n_in * a->dim, &b[0],
+                                 &pc.x_off)) ||
+        (rc = duet_vk_bind_words(c, "gather_rows", "rows", a->rows, 0, 4ull * a->n_out, &b[1],
+                                 &pc.r_off)) ||
+        (rc = duet_vk_bind_words(c, "gather_rows", "out", a->out, 0, 4ull * a->n_out * a->dim,
+                                 &b[2], &pc.o_off)))
         return rc;
     uint32_t gx, gy;
-    grid_2d(ceil_div((uint64_t)a->n_out * a->dim, 256), &gx, &gy);
+    duet_vk_grid_2d(ceil_div((uint64_t)a->n_out * a->dim, 256), &gx, &gy);
     return duet_vk_dispatch(c, s, VK_SH_GATHER_ROWS, 0, b, 3, &pc, sizeof pc, gx, gy, 1);
 }
 
@@ -171,23 +177,23 @@ duet_status duet_vk_embed(void *ctx, duet_stream *s, const duet_embed_args *a)
         } pc = {(uint32_t)a->n_tokens, (uint32_t)a->vocab, (uint32_t)a->dim, (uint32_t)v0,
                 (uint32_t)v1, v0 == 0, 0, 0, 0, (uint32_t)row_bytes, units,
                 a->prev_tokens.buf ? (uint32_t)a->n_prev : 0, 0};
-        if ((rc = bind_words(c, "embed", "ids", a->ids, 0, 4ull * a->n_tokens, &b[0],
-                             &pc.ids_off)) ||
-            (rc = duet_vk_bind_range(c, "embed", "table", a->table, v0 * row_bytes,
-                                     v1 * row_bytes, &b[1], &t_res)) ||
-            (rc = bind_words(c, "embed", "out", a->out, 0, 4ull * a->n_tokens * a->dim, &b[2],
-                             &pc.o_off)))
+        if ((rc = duet_vk_bind_words(c, "embed", "ids", a->ids, 0, 4ull * a->n_tokens, &b[0],
+                                     &pc.ids_off)) ||
+            (rc = duet_vk_bind_range(c, "embed", "table", a->table, v0 * row_bytes, v1 * row_bytes,
+                                     &b[1], &t_res)) ||
+            (rc = duet_vk_bind_words(c, "embed", "out", a->out, 0, 4ull * a->n_tokens * a->dim,
+                                     &b[2], &pc.o_off)))
             break;
         pc.t_off = t_res;
         if (pc.n_prev)
-            rc = bind_words(c, "embed", "prev_tokens", a->prev_tokens, 0, 4ull * a->n_prev, &b[3],
-                            &pc.prev_off);
+            rc = duet_vk_bind_words(c, "embed", "prev_tokens", a->prev_tokens, 0, 4ull * a->n_prev,
+                                    &b[3], &pc.prev_off);
         else
-            b[3] = dummy_binding(c);
+            b[3] = duet_vk_dummy_binding(c);
         if (rc)
             break;
         uint32_t gx, gy;
-        grid_2d(ceil_div((uint64_t)a->n_tokens * units, 64), &gx, &gy);
+        duet_vk_grid_2d(ceil_div((uint64_t)a->n_tokens * units, 64), &gx, &gy);
         rc = duet_vk_dispatch(c, s, VK_SH_EMBED, (uint32_t)a->table_type, b, 4, &pc, sizeof pc,
                               gx, gy, 1);
     }
@@ -227,17 +233,17 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
                     (uint32_t)row_bytes, a->bias.buf != NULL, (uint32_t)ceil_div(a->k, 32)};
             uint64_t x_lo = m0 * a->k * 4, x_hi = (m0 + mc) * a->k * 4;
             uint64_t o_lo = (m0 * a->n + n0) * 4, o_hi = ((m0 + mc - 1) * a->n + n0 + nc) * 4;
-            if ((rc = bind_words(c, "matmul", "x", a->x, x_lo, x_hi, &b[0], &pc.x_off)) ||
+            if ((rc = duet_vk_bind_words(c, "matmul", "x", a->x, x_lo, x_hi, &b[0], &pc.x_off)) ||
                 (rc = duet_vk_bind_range(c, "matmul", "w", a->w, n0 * row_bytes,
                                          (n0 + nc) * row_bytes, &b[1], &w_res)) ||
-                (rc = bind_words(c, "matmul", "out", a->out, o_lo, o_hi, &b[3], &pc.o_off)))
+                (rc = duet_vk_bind_words(c, "matmul", "out", a->out, o_lo, o_hi, &b[3], &pc.o_off)))
                 break;
             pc.w_off = w_res;
             if (a->bias.buf)
-                rc = bind_words(c, "matmul", "bias", a->bias, n0 * 4, (n0 + nc) * 4, &b[2],
+                rc = duet_vk_bind_words(c, "matmul", "bias", a->bias, n0 * 4, (n0 + nc) * 4, &b[2],
                                 &pc.b_off);
             else
-                b[2] = dummy_binding(c);
+                b[2] = duet_vk_dummy_binding(c);
             if (rc)
                 break;
             int per_output = c->caps.per_output_matmul;
@@ -278,17 +284,17 @@ duet_status duet_vk_rope(void *ctx, duet_stream *s, const duet_rope_args *a)
             (uint32_t)a->head_dim, (uint32_t)a->rot_dim, a->mode == DUET_ROPE_NEOX,
             a->freq_factors.buf != NULL, 0, 0, 0, 0, 0};
     uint64_t t = (uint64_t)a->n_tokens;
-    if ((rc = bind_words(c, "rope", "q", a->q, 0, 4 * t * a->n_heads * a->head_dim, &b[0],
-                         &pc.q_off)) ||
-        (rc = bind_words(c, "rope", "k", a->k, 0, 4 * t * a->n_kv_heads * a->head_dim, &b[1],
-                         &pc.k_off)) ||
-        (rc = bind_words(c, "rope", "positions", a->positions, 0, 4 * t, &b[2], &pc.p_off)))
+    if ((rc = duet_vk_bind_words(c, "rope", "q", a->q, 0, 4 * t * a->n_heads * a->head_dim, &b[0],
+                                 &pc.q_off)) ||
+        (rc = duet_vk_bind_words(c, "rope", "k", a->k, 0, 4 * t * a->n_kv_heads * a->head_dim,
+                                 &b[1], &pc.k_off)) ||
+        (rc = duet_vk_bind_words(c, "rope", "positions", a->positions, 0, 4 * t, &b[2], &pc.p_off)))
         return rc;
     if (a->freq_factors.buf)
-        rc = bind_words(c, "rope", "freq_factors", a->freq_factors, 0, 4ull * half, &b[3],
+        rc = duet_vk_bind_words(c, "rope", "freq_factors", a->freq_factors, 0, 4ull * half, &b[3],
                         &pc.f_off);
     else
-        b[3] = dummy_binding(c);
+        b[3] = duet_vk_dummy_binding(c);
     /* The inverse frequencies in double, as the CPU computes them, split
      * into float pairs (hi, lo). */
     if (rc || (rc = duet_vk_stream_scratch(c, s, 8ull * half, &b[4], &host)))
@@ -300,7 +306,7 @@ duet_status duet_vk_rope(void *ctx, duet_stream *s, const duet_rope_args *a)
         tab[2 * i + 1] = (float)(f - (double)tab[2 * i]);
     }
     uint32_t gx, gy;
-    grid_2d(ceil_div(t * (a->n_heads + a->n_kv_heads) * half, 256), &gx, &gy);
+    duet_vk_grid_2d(ceil_div(t * (a->n_heads + a->n_kv_heads) * half, 256), &gx, &gy);
     return duet_vk_dispatch(c, s, VK_SH_ROPE, 0, b, 5, &pc, sizeof pc, gx, gy, 1);
 }
 
@@ -327,15 +333,17 @@ duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args
         (uint32_t)a->n_tokens, (uint32_t)row, (uint32_t)(a->num_blocks * a->block_size),
         0, 0, 0, 0, 0};
     uint64_t t = (uint64_t)a->n_tokens;
-    if ((rc = bind_words(c, "kv_write", "k", a->k, 0, 4 * t * row, &b[0], &pc.k_off)) ||
-        (rc = bind_words(c, "kv_write", "v", a->v, 0, 4 * t * row, &b[1], &pc.v_off)) ||
-        (rc = bind_words(c, "kv_write", "slot_mapping", a->slot_mapping, 0, 4 * t, &b[2],
-                         &pc.s_off)) ||
-        (rc = bind_words(c, "kv_write", "k_cache", a->k_cache, 0, cache, &b[3], &pc.kc_off)) ||
-        (rc = bind_words(c, "kv_write", "v_cache", a->v_cache, 0, cache, &b[4], &pc.vc_off)))
+    if ((rc = duet_vk_bind_words(c, "kv_write", "k", a->k, 0, 4 * t * row, &b[0], &pc.k_off)) ||
+        (rc = duet_vk_bind_words(c, "kv_write", "v", a->v, 0, 4 * t * row, &b[1], &pc.v_off)) ||
+        (rc = duet_vk_bind_words(c, "kv_write", "slot_mapping", a->slot_mapping, 0, 4 * t, &b[2],
+                                 &pc.s_off)) ||
+        (rc = duet_vk_bind_words(c, "kv_write", "k_cache", a->k_cache, 0, cache, &b[3],
+                                 &pc.kc_off)) ||
+        (rc =
+             duet_vk_bind_words(c, "kv_write", "v_cache", a->v_cache, 0, cache, &b[4], &pc.vc_off)))
         return rc;
     uint32_t gx, gy;
-    grid_2d(ceil_div(t * (f16 ? row / 2 : row), 256), &gx, &gy);
+    duet_vk_grid_2d(ceil_div(t * (f16 ? row / 2 : row), 256), &gx, &gy);
     return duet_vk_dispatch(c, s, VK_SH_KV_WRITE, (uint32_t)f16, b, 5, &pc, sizeof pc, gx, gy,
                             1);
 }
@@ -364,16 +372,18 @@ duet_status duet_vk_attention(void *ctx, duet_stream *s, const duet_attention_ar
             (uint32_t)a->n_kv_heads, (uint32_t)a->head_dim, (uint32_t)a->num_blocks,
             (uint32_t)a->block_size, (uint32_t)a->max_blocks_per_seq, a->scale,
             0, 0, 0, 0, 0, 0, 0};
-    if ((rc = bind_words(c, "attention", "q", a->q, 0, qbytes, &b[0], &pc.q_off)) ||
-        (rc = bind_words(c, "attention", "k_cache", a->k_cache, 0, cache, &b[1], &pc.k_off)) ||
-        (rc = bind_words(c, "attention", "v_cache", a->v_cache, 0, cache, &b[2], &pc.v_off)) ||
-        (rc = bind_words(c, "attention", "block_tables", a->block_tables, 0,
-                         4ull * a->n_seqs * a->max_blocks_per_seq, &b[3], &pc.bt_off)) ||
-        (rc = bind_words(c, "attention", "seq_lens", a->seq_lens, 0, 4ull * a->n_seqs, &b[4],
-                         &pc.sl_off)) ||
-        (rc = bind_words(c, "attention", "query_start_loc", a->query_start_loc, 0,
-                         4ull * (a->n_seqs + 1), &b[5], &pc.qsl_off)) ||
-        (rc = bind_words(c, "attention", "out", a->out, 0, qbytes, &b[6], &pc.o_off)))
+    if ((rc = duet_vk_bind_words(c, "attention", "q", a->q, 0, qbytes, &b[0], &pc.q_off)) ||
+        (rc = duet_vk_bind_words(c, "attention", "k_cache", a->k_cache, 0, cache, &b[1],
+                                 &pc.k_off)) ||
+        (rc = duet_vk_bind_words(c, "attention", "v_cache", a->v_cache, 0, cache, &b[2],
+                                 &pc.v_off)) ||
+        (rc = duet_vk_bind_words(c, "attention", "block_tables", a->block_tables, 0,
+                                 4ull * a->n_seqs * a->max_blocks_per_seq, &b[3], &pc.bt_off)) ||
+        (rc = duet_vk_bind_words(c, "attention", "seq_lens", a->seq_lens, 0, 4ull * a->n_seqs,
+                                 &b[4], &pc.sl_off)) ||
+        (rc = duet_vk_bind_words(c, "attention", "query_start_loc", a->query_start_loc, 0,
+                                 4ull * (a->n_seqs + 1), &b[5], &pc.qsl_off)) ||
+        (rc = duet_vk_bind_words(c, "attention", "out", a->out, 0, qbytes, &b[6], &pc.o_off)))
         return rc;
     uint32_t gy = a->n_tokens < MAX_GROUPS_X ? (uint32_t)a->n_tokens : MAX_GROUPS_X;
     uint32_t gz = (uint32_t)ceil_div((uint64_t)a->n_tokens, gy);

@@ -11,22 +11,6 @@ _Static_assert(sizeof(duet_sample_row) == 16 * 4, "sample.comp reads a row as 16
 _Static_assert(sizeof(duet_sample_edit) == 4 * 4, "sample.comp reads an edit as 4 words");
 _Static_assert(sizeof(duet_sample_result) == 44 * 4, "sample.comp writes a result as 44 words");
 
-enum { MAX_GROUPS_X = 65535 };
-
-/* Bind a 32-bit operand: bytes [lo, hi) past a.offset; *words gets the
- * word offset of a.offset + lo inside the binding. */
-static duet_status bind_words(vk_ctx *c, const char *name, duet_addr a, uint64_t lo,
-                              uint64_t hi, vk_binding *b, uint32_t *words)
-{
-    uint32_t residual;
-    if (a.offset % 4)
-        return duet_error(DUET_ERR_INVALID_ARG,
-                          "sample: operand '%s' is at offset %zu; Vulkan needs a multiple of 4",
-                          name, a.offset);
-    duet_status rc = duet_vk_bind_range(c, "sample", name, a, lo, hi, b, &residual);
-    *words = residual / 4;
-    return rc;
-}
 
 /* Rows per dispatch: the logits and work of every row in a piece must fit
  * one binding, and so must the piece's results. */
@@ -59,29 +43,29 @@ duet_status duet_vk_sample(void *ctx, duet_stream *s, const duet_sample_args *a)
         } pc = {(uint32_t)cnt, (uint32_t)a->vocab, (uint32_t)a->n_edits,
                 a->tokens_out.buf != NULL, 0, 0, 0, 0, 0, 0};
         uint64_t res_bytes = sizeof(duet_sample_result), row_param = sizeof(duet_sample_row);
-        if ((rc = bind_words(c, "logits", a->logits, r0 * row_bytes, (r0 + cnt) * row_bytes,
-                             &b[0], &pc.x_off)) ||
-            (rc = bind_words(c, "rows", a->rows, r0 * row_param, (r0 + cnt) * row_param, &b[1],
-                             &pc.r_off)) ||
-            (rc = bind_words(c, "work", a->work, r0 * row_bytes, (r0 + cnt) * row_bytes, &b[3],
-                             &pc.w_off)) ||
-            (rc = bind_words(c, "results", a->results, r0 * res_bytes, (r0 + cnt) * res_bytes,
-                             &b[4], &pc.res_off)))
+        if ((rc = duet_vk_bind_words(c, "sample", "logits", a->logits, r0 * row_bytes,
+                                     (r0 + cnt) * row_bytes, &b[0], &pc.x_off)) ||
+            (rc = duet_vk_bind_words(c, "sample", "rows", a->rows, r0 * row_param,
+                                     (r0 + cnt) * row_param, &b[1], &pc.r_off)) ||
+            (rc = duet_vk_bind_words(c, "sample", "work", a->work, r0 * row_bytes,
+                                     (r0 + cnt) * row_bytes, &b[3], &pc.w_off)) ||
+            (rc = duet_vk_bind_words(c, "sample", "results", a->results, r0 * res_bytes,
+                                     (r0 + cnt) * res_bytes, &b[4], &pc.res_off)))
             break;
         if (a->n_edits > 0)
-            rc = bind_words(c, "edits", a->edits, 0, sizeof(duet_sample_edit) * a->n_edits,
-                            &b[2], &pc.e_off);
+            rc = duet_vk_bind_words(c, "sample", "edits", a->edits, 0,
+                                    sizeof(duet_sample_edit) * a->n_edits, &b[2], &pc.e_off);
         else
-            b[2] = (vk_binding){c->dummy->chunk[0].buf, 0, VK_WHOLE_SIZE};
+            b[2] = duet_vk_dummy_binding(c);
         if (rc == DUET_OK && a->tokens_out.buf)
-            rc = bind_words(c, "tokens_out", a->tokens_out, 4 * r0, 4 * (r0 + cnt), &b[5],
-                            &pc.t_off);
+            rc = duet_vk_bind_words(c, "sample", "tokens_out", a->tokens_out, 4 * r0,
+                                    4 * (r0 + cnt), &b[5], &pc.t_off);
         else
-            b[5] = (vk_binding){c->dummy->chunk[0].buf, 0, VK_WHOLE_SIZE};
+            b[5] = duet_vk_dummy_binding(c);
         if (rc)
             break;
-        uint32_t gx = cnt < MAX_GROUPS_X ? (uint32_t)cnt : MAX_GROUPS_X;
-        uint32_t gy = (uint32_t)((cnt + gx - 1) / gx);
+        uint32_t gx, gy;
+        duet_vk_grid_2d(cnt, &gx, &gy);
         rc = duet_vk_dispatch(c, s, VK_SH_SAMPLE, 0, b, 6, &pc, sizeof pc, gx, gy, 1);
     }
     return rc;
@@ -98,10 +82,10 @@ duet_status duet_vk_sample_math_check(duet_device *d, duet_stream *s, duet_addr 
         uint32_t x_off, r_off, e_off, w_off, res_off, t_off;
     } pc = {(uint32_t)n_rows, (uint32_t)n, 0, 0, 0, 0, 0, 0, 0, 0};
     uint64_t bytes = 4ull * (uint64_t)n_rows * (uint64_t)n;
-    if ((rc = bind_words(c, "logits", in, 0, bytes, &b[0], &pc.x_off)) ||
-        (rc = bind_words(c, "work", out, 0, bytes, &b[3], &pc.w_off)))
+    if ((rc = duet_vk_bind_words(c, "sample", "logits", in, 0, bytes, &b[0], &pc.x_off)) ||
+        (rc = duet_vk_bind_words(c, "sample", "work", out, 0, bytes, &b[3], &pc.w_off)))
         return rc;
-    b[1] = b[2] = b[4] = b[5] = (vk_binding){c->dummy->chunk[0].buf, 0, VK_WHOLE_SIZE};
+    b[1] = b[2] = b[4] = b[5] = duet_vk_dummy_binding(c);
     return duet_vk_dispatch(c, s, VK_SH_SAMPLE, 32, b, 6, &pc, sizeof pc, (uint32_t)n_rows, 1,
                             1);
 }
