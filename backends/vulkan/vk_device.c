@@ -202,7 +202,7 @@ static void probe(const duet_vk_instance_fns *fi, VkPhysicalDevice pd, vk_caps *
     c->usable = have_queue && VK_API_VERSION_MINOR(p.apiVersion) >= 2;
     /* llvmpipe-like devices run workgroup barriers as coroutine switches:
      * the per-output matmul is ~50x faster there. GPUs with subgroup
-     * arithmetic take matmul_vec for 16-bit weights (decided below, once
+     * arithmetic take matmul_vec/matmul_qvec (decided below, once
      * the subgroup properties are read). DUET_VK_MATMUL=tiled, =per-output
      * or =vec overrides (tests cover each). */
     c->per_output_matmul = p.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;

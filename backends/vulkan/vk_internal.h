@@ -51,6 +51,7 @@ typedef enum vk_shader {
     VK_SH_ATTENTION,
     VK_SH_SAMPLE,
     VK_SH_MATMUL_VEC,
+    VK_SH_MATMUL_QVEC,
     VK_SH_COUNT
 } vk_shader;
 /* Pipeline variants per shader: spec % 32 is a type (constant 0), spec / 32
@@ -76,8 +77,8 @@ typedef struct vk_caps {
     int fp16, int8, storage16, storage8, float64;
     int int_dot, coop_matrix;     /* extensions/features reported */
     int per_output_matmul;        /* CPU-type: matmul variant 1 (no shared memory) */
-    int vec_matmul;               /* GPUs with subgroup arithmetic: matmul_vec for
-                                     16-bit weights */
+    int vec_matmul;               /* GPUs with subgroup arithmetic: matmul_vec /
+                                     matmul_qvec for every weight type */
     int timeline;                 /* timelineSemaphore (Vulkan 1.2 feature) reported */
     uint32_t queue_family;        /* first family with compute */
     int usable;                   /* Vulkan >= 1.2 and a compute queue */

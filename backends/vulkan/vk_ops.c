@@ -200,6 +200,37 @@ duet_status duet_vk_embed(void *ctx, duet_stream *s, const duet_embed_args *a)
     return rc;
 }
 
+/* The decode kernel for weights of type t with k per row, starting w_res
+ * bytes into their binding, on a device with subgroup arithmetic; else
+ * VK_SH_COUNT (the tiled or per-output matmul). matmul_vec reads aligned
+ * 16-byte pieces: k a multiple of the 4 (F32) or 8 (F16, BF16) weights of
+ * a piece and the rows 16-byte aligned. matmul_qvec reads whole 32-element
+ * units: k a multiple of the block (true of every valid row) and blocks
+ * 2-byte aligned (deq32's 16-bit fields; check_weight_offset ensures it). */
+static vk_shader vec_kernel(const vk_ctx *c, duet_dtype t, int k, uint32_t w_res)
+{
+    if (!c->caps.vec_matmul)
+        return VK_SH_COUNT;
+    switch (t) {
+    case DUET_F32:
+        return k % 4 == 0 && w_res % 16 == 0 ? VK_SH_MATMUL_VEC : VK_SH_COUNT;
+    case DUET_F16:
+    case DUET_BF16:
+        return k % 8 == 0 && w_res % 16 == 0 ? VK_SH_MATMUL_VEC : VK_SH_COUNT;
+    case DUET_Q4_0:
+    case DUET_Q4_1:
+    case DUET_Q8_0:
+    case DUET_Q4_K:
+    case DUET_Q5_K:
+    case DUET_Q6_K:
+        return k % duet_dtype_get(t)->block_elems == 0 && k % 32 == 0 && w_res % 2 == 0
+                   ? VK_SH_MATMUL_QVEC
+                   : VK_SH_COUNT;
+    default:
+        return VK_SH_COUNT;
+    }
+}
+
 duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
 {
     vk_ctx *c = ctx;
@@ -247,10 +278,8 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
             if (rc)
                 break;
             int per_output = c->caps.per_output_matmul;
-            /* matmul_vec reads 16-byte pieces: whole pieces per row, aligned. */
-            int vec = c->caps.vec_matmul &&
-                      (a->w_type == DUET_F16 || a->w_type == DUET_BF16) && a->k % 8 == 0 &&
-                      w_res % 16 == 0;
+            vk_shader vsh = vec_kernel(c, a->w_type, a->k, w_res);
+            int vec = vsh != VK_SH_COUNT;
             uint64_t groups = vec          ? nc
                               : per_output ? ceil_div(ceil_div(mc, MATMUL_MT) * nc, 64)
                                            : ceil_div(nc, MATMUL_RPW);
@@ -258,7 +287,7 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
             uint32_t gz = (uint32_t)ceil_div(groups, gx);
             uint32_t gy = per_output && !vec ? 1 : (uint32_t)ceil_div(mc, MATMUL_MT);
             if (vec)
-                rc = duet_vk_dispatch(c, s, VK_SH_MATMUL_VEC, (uint32_t)a->w_type, b, 4, &pc,
+                rc = duet_vk_dispatch(c, s, vsh, (uint32_t)a->w_type, b, 4, &pc,
                                       sizeof pc, gx, gy, gz);
             else
                 rc = duet_vk_dispatch(c, s, VK_SH_MATMUL, (uint32_t)a->w_type + 32u * per_output,

@@ -26,6 +26,7 @@ static const char *const shader_names[VK_SH_COUNT] = {
     [VK_SH_ATTENTION] = "attention",
     [VK_SH_SAMPLE] = "sample",
     [VK_SH_MATMUL_VEC] = "matmul_vec",
+    [VK_SH_MATMUL_QVEC] = "matmul_qvec",
 };
 
 /* ---- the on-disk pipeline cache -------------------------------------------- */

@@ -418,12 +418,47 @@ static void test_matmul_types(void **state)
     check_validation();
 }
 
+/* x = the k x k identity, so out[r][j] = W[j][r] with every other product
+ * an exact zero: the kernel's dequantized weights must equal the
+ * reference's bit for bit (summation order cannot hide an error here). */
+static void exact_weights_case(duet_dtype t, int k, int n)
+{
+    size_t bytes;
+    uint8_t *w = random_weights(t, n, k, &bytes);
+    float *in = calloc((size_t)k * k, sizeof *in), *want = malloc(4ull * k * n),
+          *got = malloc(4ull * k * n);
+    for (int r = 0; r < k; r++)
+        in[(size_t)r * k + r] = 1.0f;
+    run_matmul(&cpu, t, w, bytes, in, NULL, k, k, n, want);
+    run_matmul(&vk, t, w, bytes, in, NULL, k, k, n, got);
+    for (size_t i = 0; i < (size_t)k * n; i++)
+        if (!(got[i] == want[i]))
+            fail_msg("matmul %s: weight [%zu][%zu] is %.9g, the reference's %.9g",
+                     duet_dtype_get(t)->name, i % n, i / n, got[i], want[i]);
+    free(w), free(in), free(want), free(got);
+}
+
+/* Which matmul pipelines of weight type t the device has created (they
+ * are created on first use): bit 0 tiled, 1 per-output, 2 matmul_vec,
+ * 3 matmul_qvec. */
+static unsigned matmul_kernels_used(duet_device *d, duet_dtype t)
+{
+    const vk_ctx *c = d->ctx;
+    return (c->pipes[VK_SH_MATMUL][t] != VK_NULL_HANDLE) |
+           (c->pipes[VK_SH_MATMUL][t + 32] != VK_NULL_HANDLE) << 1 |
+           (c->pipes[VK_SH_MATMUL_VEC][t] != VK_NULL_HANDLE) << 2 |
+           (c->pipes[VK_SH_MATMUL_QVEC][t] != VK_NULL_HANDLE) << 3;
+}
+
 /* Each matmul kernel variant (tiled with shared memory, one invocation
- * per output, and the 16-byte-load subgroup kernel of 16-bit weights), on
+ * per output, and the subgroup kernels matmul_vec / matmul_qvec), on
  * Vulkan devices opened with DUET_VK_MATMUL forcing it: every weight type
  * against the reference, and batch invariance — each row of an 11-row
- * batch bitwise equal to the same row computed alone. */
-static void variant_cases(const char *variant)
+ * batch bitwise equal to the same row computed alone. The pipelines the
+ * device created show that the forced kernel, and only it, ran for every
+ * type (no silent fallback) until the k = 100 case, which only the tiled
+ * and per-output kernels take. */
+static void variant_cases(const char *variant, unsigned want_plain, unsigned want_quant)
 {
     side saved = vk;
     setenv("DUET_VK_MATMUL", variant, 1);
@@ -433,11 +468,11 @@ static void variant_cases(const char *variant)
     assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
     for (int i = 0; i < N_WEIGHT_TYPES; i++) {
         duet_dtype t = weight_types[i];
+        int plain = duet_dtype_get(t)->block_elems == 1;
         int kq = duet_dtype_get(t)->block_elems > 32 ? 512 : 256;
         matmul_case(t, 1, kq, 67, 0);
         matmul_case(t, 11, 2 * kq, 21, 1);
-        if (duet_dtype_get(t)->block_elems == 1)
-            matmul_case(t, 3, 100, 9, 1);
+        exact_weights_case(t, kq, 3);
         /* batch invariance */
         int m = 11, k = 2 * kq, n = 21;
         size_t bytes;
@@ -452,6 +487,12 @@ static void variant_cases(const char *variant)
                          duet_dtype_get(t)->name, variant, r);
         }
         free(w), free(in), free(all), free(one);
+        unsigned used = matmul_kernels_used(vk.d, t), want = plain ? want_plain : want_quant;
+        if (used != want)
+            fail_msg("matmul %s variant %s: kernels used 0x%x, expected 0x%x",
+                     duet_dtype_get(t)->name, variant, used, want);
+        if (plain)
+            matmul_case(t, 3, 100, 9, 1); /* k not a multiple of 4 or 8 */
     }
     check_validation();
     duet_dev_stream_destroy(vk.d, vk.s);
@@ -462,9 +503,9 @@ static void variant_cases(const char *variant)
 static void test_matmul_variants(void **state)
 {
     (void)state;
-    variant_cases("tiled");
-    variant_cases("per-output");
-    variant_cases("vec");
+    variant_cases("tiled", 1, 1);
+    variant_cases("per-output", 2, 2);
+    variant_cases("vec", 4, 8);
 }
 
 /* Embed rows ids[0..n) of an F16 table and one matmul over all of it, on

@@ -1,0 +1,45 @@
+// matmul_vec.glsl — what the two decode matmuls (matmul_vec.comp for
+// F32/F16/BF16 weights, matmul_qvec.comp for the block-quantized types)
+// share: the workgroup shape, the push constants and the reduction.
+//
+// A workgroup of 128 invocations takes one weight row j and up to MT
+// activation rows m0 .. m0+nr-1. Each invocation accumulates its own
+// partial sum per activation row over the weights it read (in increasing
+// k order); vec_finish() then adds the partials of each subgroup with
+// subgroupAdd and the subgroups' sums in subgroup order, by one
+// invocation per activation row. Nothing in this sequence depends on nr or
+// on the other rows' values, so a row's result is the same whatever it is
+// batched with.
+#extension GL_KHR_shader_subgroup_basic : enable
+#extension GL_KHR_shader_subgroup_arithmetic : enable
+layout(local_size_x = 128) in;
+layout(push_constant) uniform PC {
+    uint m, k, n, x_off, w_off, b_off, o_off, o_stride, row_bytes, has_bias, units;
+} pc;
+
+const uint MT = 8u; // activation rows per workgroup: each weight is used for all of them
+shared float red[MT][128];
+
+// The weight row this workgroup takes (the grid is folded into x and z).
+uint vec_row() { return gl_WorkGroupID.x + gl_WorkGroupID.z * gl_NumWorkGroups.x; }
+
+// out[m0 + r][j] = the workgroup's sum of acc[r] (+ bias[j]) for r < nr.
+// Every invocation of the workgroup calls it (it holds a barrier).
+void vec_finish(float acc[MT], uint nr, uint m0, uint j)
+{
+    [[unroll]] for (uint r = 0u; r < MT; r++) {
+        float v = subgroupAdd(acc[r]);
+        if (subgroupElect())
+            red[r][gl_SubgroupID] = v;
+    }
+    barrier();
+    uint t = gl_LocalInvocationID.x;
+    if (t < nr) {
+        float v = 0.0;
+        for (uint g = 0u; g < gl_NumSubgroups; g++)
+            v += red[t][g];
+        if (pc.has_bias != 0u)
+            v += uintBitsToFloat(bias[pc.b_off + j]);
+        outb[pc.o_off + (m0 + t) * pc.o_stride + j] = floatBitsToUint(v);
+    }
+}
