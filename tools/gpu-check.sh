@@ -10,7 +10,10 @@
 #      at batch 1, 8, 64 and a 2,048-token prefill; tok/s and achieved
 #      bandwidth = bytes a step must read / step time, against step 2; then
 #      batch-1 decode again through the tiled matmul, for comparison
-#   5. conform on a SmolLM2-135M-shaped dummy (Q4_1), if time is left
+#   5. the same model quantized to Q4_0: decode at batch 1 and 8 (the
+#      quantized matmul_qvec where the device has subgroup arithmetic)
+#   6. conform on a SmolLM2-135M-shaped dummy (Q4_1), if time is left
+#   7. Q4_0 batch-1 decode through the tiled matmul, if time is left
 # Every step has a timeout; a failed step is reported and the rest still
 # run. A table comes last; JSON and logs go to $DUET_RESULTS (default
 # ./gpu-check-results): one file per step and summary.json.
@@ -117,12 +120,18 @@ if [ "$quick" = 1 ]; then
   fwd_model=(--model-config "$tiny" --dummy-dtype bf16)
   fwd_args=(--batch 1,8,64 --context 64 --steps 4 --prefill 256 --chunk 128 --repeat 2)
   fwd_name="tiny dummy (bf16)"
+  fwdq_model=(--model-config "$tiny" --dummy-dtype q4_0)
+  fwdq_args=(--batch 1,8 --context 64 --steps 4 --prefill 0)
 else
   bw_args=(--size 1024 --copies 20 --repeat 5)
   model_args=()
   fwd_model=(--model-config llama-3.1-8b --dummy-dtype bf16)
   fwd_args=(--batch 1,8,64 --context 512 --steps 16 --prefill 2048 --chunk 512 --repeat 2)
   fwd_name="llama-3.1-8b dummy (bf16)"
+  # Q4_0 weights: ~4.2 GB; generating them takes ~60 s on 2 threads here,
+  # so ~8-15 s on a 16-core GPU host.
+  fwdq_model=(--model-config llama-3.1-8b --dummy-dtype q4_0)
+  fwdq_args=(--batch 1,8 --context 512 --steps 16 --prefill 0)
 fi
 
 # run NAME TIMEOUT OUTFILE CMD...: stdout to OUTFILE (if not -), stderr and
@@ -167,10 +176,16 @@ run forward 170 forward.json "$duet" bench forward --device vulkan --json "${fwd
 # weights is matmul_vec where the device has subgroup arithmetic).
 run forward-tiled 60 forward-tiled.json env DUET_VK_MATMUL=tiled "$duet" bench forward \
   --device vulkan --json "${fwd_model[@]}" "${fwd_args[@]}" --batch 1 --prefill 0
+# Quantized decode: the one pass over Q4_0 weights per step (matmul_qvec
+# where the device has subgroup arithmetic).
+run forward-q4 60 forward-q4.json "$duet" bench forward --device vulkan --json "${fwdq_model[@]}" \
+  "${fwdq_args[@]}"
 if [ "$quick" = 0 ]; then
   run conform-smollm 60 - "$duet" conform --backends cpu,vulkan --ops model \
     --model-config smollm2-135m --dummy-dtype q4_1 --dummy-seed 1 --json "$results/conform-smollm.json"
 fi
+run forward-q4-tiled 45 forward-q4-tiled.json env DUET_VK_MATMUL=tiled "$duet" bench forward \
+  --device vulkan --json "${fwdq_model[@]}" "${fwdq_args[@]}" --batch 1
 
 # ---- summary.json and the table (last) -----------------------------------------
 if ! command -v python3 >/dev/null; then
@@ -255,12 +270,20 @@ if fw:
                      "%.1f tok/s (%.2f s, chunks of %d)" % (p["tok_s"], p["seconds_median"], p["chunk"])))
     if not fw.get("ok", False):
         rows.append(("forward", "FAIL", "incomplete (see forward.log)"))
-ft = load("forward-tiled.json")
-summary["forward_tiled"] = ft
-for d in (ft or {}).get("decode", []):
-    pct = " = %.0f%% of copy" % (100 * d["gbps"] / copy) if copy else ""
-    rows.append(("decode %d, tiled mm" % d["batch"], status("forward-tiled"),
-                 "%.2f ms/step, %.1f tok/s, %.1f GB/s%s" % (d["step_ms_median"], d["tok_s"], d["gbps"], pct)))
+for step, key, label in (("forward-tiled", "forward_tiled", "decode %d, tiled mm"),
+                         ("forward-q4", "forward_q4", "decode %d, q4_0"),
+                         ("forward-q4-tiled", "forward_q4_tiled", "decode %d, q4_0 tiled")):
+    ft = load(step + ".json")
+    summary[key] = ft
+    for d in (ft or {}).get("decode", []):
+        pct = " = %.0f%% of copy" % (100 * d["gbps"] / copy) if copy else ""
+        rows.append((label % d["batch"], status(step),
+                     "%.2f ms/step, %.1f tok/s, %.1f GB/s%s" % (d["step_ms_median"], d["tok_s"], d["gbps"], pct)))
+        d["fraction_of_copy"] = d["gbps"] / copy if copy else None
+    if step in st and not ft:
+        rows.append((label.replace(" %d", ""), status(step),
+                     "not run: the time budget was spent" if status(step) == "SKIPPED" else
+                     "no output (see %s.log)" % step))
 if fw:
     pass
 elif status("forward") == "SKIPPED":
@@ -271,7 +294,8 @@ else:
 with open(os.path.join(res, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
 print()
-print("duet GPU check%s — model for decode/prefill: %s" % (" (quick)" if quick else "", fwd_name))
+print("duet GPU check%s — model for decode/prefill: %s; q4_0 rows: the same shape in Q4_0" %
+      (" (quick)" if quick else "", fwd_name))
 print("%-22s %-8s %s" % ("check", "status", "result"))
 for what, s, text in rows:
     print("%-22s %-8s %s" % (what, s, text))
