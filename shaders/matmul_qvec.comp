@@ -5,13 +5,17 @@
 // A workgroup of 128 invocations takes one weight row and up to MT
 // activation rows (matmul_vec.glsl). The row is read in 32-element units
 // (a whole Q4_0/Q4_1/Q8_0 block, or one of the 8 sub-blocks of a K-quant
-// super-block); invocation t takes units t, t+128, ..., so the invocations
-// of a subgroup read consecutive units: one contiguous span of the row per
-// step (e.g. 32 x 18 = 576 bytes of Q4_0, or 4 whole Q4_K super-blocks),
-// with 32-bit word loads (the blocks are not 16-byte multiples). Each unit
-// is dequantized once by deq32 (dequant.glsl: the CPU's float operations,
-// so the weights are exactly the reference's) and used for all MT rows;
-// the partials are reduced in a fixed order (vec_finish).
+// super-block), each split into 4 parts of 8 elements (deq8): invocation t
+// takes part t % 4 of unit t / 4, then the same 128 positions further on,
+// so a subgroup of 32 reads 8 consecutive units — one contiguous span of
+// the row (8 blocks of Q4_0 = 144 bytes, one Q4_K super-block), each
+// invocation its own 4-8 bytes of quants plus the unit's scales — with
+// 32-bit word loads (the blocks are not 16-byte multiples). The
+// activations a part needs are two runs of 4 (x_run4), also consecutive
+// across the subgroup. Each weight is dequantized once by deq8
+// (dequant.glsl: the CPU's float operations, so the weights are exactly
+// the reference's) and used for all MT rows; the partials are reduced in a
+// fixed order (vec_finish).
 //
 // The host picks it for these types when k is a multiple of the block and
 // the device has subgroup arithmetic in compute shaders (docs/VULKAN.md).
@@ -19,6 +23,7 @@
 layout(constant_id = 0) const uint WTYPE = 2u;
 layout(constant_id = 1) const uint VARIANT = 0u;
 BUF_RO(0, x)
+layout(std430, set = 0, binding = 0) readonly buffer Buf0v { uvec4 x4[]; };
 BUF_RO(1, wq)
 BUF_RO(2, bias)
 BUF_WO(3, outb)
@@ -37,15 +42,21 @@ void main()
     [[unroll]] for (uint r = 0u; r < MT; r++)
         acc[r] = 0.0;
     uint row = pc.w_off + j * pc.row_bytes;
-    for (uint u = t; u < pc.units; u += 128u) {
-        float w[32];
-        deq32(row, u, 32u, w);
+    for (uint v = t; v < 4u * pc.units; v += 128u) {
+        uint u = v >> 2, p = v & 3u;
+        float w[8];
+        deq8(row, u, p, w);
+        // x offsets of slots 0-3 and 4-7 within the unit
+        uint e0 = deq8_elem(p, 0u), e1 = deq8_elem(p, 4u);
         [[unroll]] for (uint r = 0u; r < MT; r++) {
             if (r < nr) {
                 uint xb = pc.x_off + (m0 + r) * pc.k + 32u * u;
+                vec4 xa = x_run4(xb + e0), xc = x_run4(xb + e1);
                 float s = acc[r];
-                [[unroll]] for (uint e = 0u; e < 32u; e++)
-                    s += w[e] * uintBitsToFloat(x[xb + e]);
+                [[unroll]] for (uint i = 0u; i < 4u; i++)
+                    s += w[i] * xa[i];
+                [[unroll]] for (uint i = 0u; i < 4u; i++)
+                    s += w[i + 4u] * xc[i];
                 acc[r] = s;
             }
         }

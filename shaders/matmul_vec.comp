@@ -6,7 +6,8 @@
 // (matmul_vec.glsl); each invocation reads 16 bytes (8 16-bit weights or 4
 // floats) per load, consecutive invocations consecutive 16-byte pieces, so
 // a subgroup's loads are one contiguous span; each weight is used for all
-// MT rows. The partials are reduced in a fixed order (vec_finish).
+// MT rows; the activations are read 16 bytes at a time too (x_run4). The
+// partials are reduced in a fixed order (vec_finish).
 //
 // The host picks it for these types when k is a multiple of the weights
 // per piece, the weights start 16-byte aligned and the device has
@@ -15,6 +16,7 @@
 layout(constant_id = 0) const uint WTYPE = 1u;
 layout(constant_id = 1) const uint VARIANT = 0u;
 BUF_RO(0, x)
+layout(std430, set = 0, binding = 0) readonly buffer Buf0v { uvec4 x4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer Buf1 { uvec4 w4[]; };
 BUF_RO(2, bias)
 BUF_WO(3, outb)
@@ -53,10 +55,13 @@ void main()
         [[unroll]] for (uint r = 0u; r < MT; r++) {
             if (r < nr) {
                 uint xb = pc.x_off + (m0 + r) * pc.k + EPP * p;
+                vec4 xa = x_run4(xb), xc = EPP == 8u ? x_run4(xb + 4u) : vec4(0.0);
                 float s = acc[r];
-                [[unroll]] for (uint e = 0u; e < 8u; e++)
-                    if (e < EPP)
-                        s += wv[e] * uintBitsToFloat(x[xb + e]);
+                [[unroll]] for (uint e = 0u; e < 4u; e++)
+                    s += wv[e] * xa[e];
+                [[unroll]] for (uint e = 0u; e < 4u; e++)
+                    if (EPP == 8u)
+                        s += wv[e + 4u] * xc[e];
                 acc[r] = s;
             }
         }

@@ -20,6 +20,20 @@ layout(push_constant) uniform PC {
 const uint MT = 8u; // activation rows per workgroup: each weight is used for all of them
 shared float red[MT][128];
 
+// Activations: binding 0 is declared both as words (x) and as 16-byte
+// pieces (x4). Elements i .. i+3 (word indices into the binding, i - x_off
+// a multiple of 4): one 16-byte load when x_off is 16-byte aligned (the
+// runtime's activations are: rows of k floats, k a multiple of 4, in
+// 64-byte aligned regions), else four word loads, so no read leaves the
+// bound range. Consecutive invocations read consecutive runs, so a
+// subgroup's activation loads are contiguous too.
+vec4 x_run4(uint i)
+{
+    if ((pc.x_off & 3u) == 0u)
+        return uintBitsToFloat(x4[i >> 2]);
+    return uintBitsToFloat(uvec4(x[i], x[i + 1u], x[i + 2u], x[i + 3u]));
+}
+
 // The weight row this workgroup takes (the grid is folded into x and z).
 uint vec_row() { return gl_WorkGroupID.x + gl_WorkGroupID.z * gl_NumWorkGroups.x; }
 

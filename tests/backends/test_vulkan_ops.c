@@ -375,18 +375,44 @@ static void test_embed_prev_tokens(void **state)
     check_validation();
 }
 
-static void run_matmul(side *x, duet_dtype t, const void *w, size_t wbytes, const float *in,
-                       const float *bias, int m, int k, int n, float *out)
+/* matmul with the activations x_shift bytes into their buffer. */
+static void run_matmul_shifted(side *x, duet_dtype t, const void *w, size_t wbytes,
+                               const float *in, const float *bias, int m, int k, int n,
+                               size_t x_shift, float *out)
 {
-    duet_buffer *bw = mk(x, w, wbytes), *bx = mk(x, in, 4ull * m * k);
+    unsigned char *xs = calloc(1, x_shift + 4ull * m * k);
+    memcpy(xs + x_shift, in, 4ull * m * k);
+    duet_buffer *bw = mk(x, w, wbytes), *bx = mk(x, xs, x_shift + 4ull * m * k);
+    free(xs);
     duet_buffer *bb = bias ? mk(x, bias, 4ull * n) : NULL;
     duet_buffer *bo = mk(x, NULL, 4ull * m * n);
     begin(x);
-    duet_matmul_args args = {at(bx), at(bw), bb ? at(bb) : none(), at(bo), t, m, k, n};
+    duet_matmul_args args = {{bx, x_shift}, at(bw), bb ? at(bb) : none(), at(bo), t, m, k, n};
     assert_int_equal(duet_dev_matmul(x->d, x->s, &args), DUET_OK);
     finish(x, bo, out, 4ull * m * n);
     duet_buffer *all[] = {bw, bx, bo, bb};
     free_bufs(x, all, bb ? 4 : 3);
+}
+
+static void run_matmul(side *x, duet_dtype t, const void *w, size_t wbytes, const float *in,
+                       const float *bias, int m, int k, int n, float *out)
+{
+    run_matmul_shifted(x, t, w, wbytes, in, bias, m, k, n, 0, out);
+}
+
+/* Activations 4 bytes into their buffer (not 16-byte aligned: the vector
+ * kernels read them a word at a time) give the same bits as aligned ones. */
+static void shifted_x_case(duet_dtype t, int m, int k, int n)
+{
+    size_t bytes;
+    uint8_t *w = random_weights(t, n, k, &bytes);
+    float *in = frand_array((size_t)m * k, 1), *a = malloc(4ull * m * n), *b = malloc(4ull * m * n);
+    run_matmul_shifted(&vk, t, w, bytes, in, NULL, m, k, n, 0, a);
+    run_matmul_shifted(&vk, t, w, bytes, in, NULL, m, k, n, 4, b);
+    if (memcmp(a, b, 4ull * m * n) != 0)
+        fail_msg("matmul %s: activations at offset 4 give other results than at 0",
+                 duet_dtype_get(t)->name);
+    free(w), free(in), free(a), free(b);
 }
 
 static void matmul_case(duet_dtype t, int m, int k, int n, int with_bias)
@@ -473,6 +499,7 @@ static void variant_cases(const char *variant, unsigned want_plain, unsigned wan
         matmul_case(t, 1, kq, 67, 0);
         matmul_case(t, 11, 2 * kq, 21, 1);
         exact_weights_case(t, kq, 3);
+        shifted_x_case(t, 3, kq, 5);
         /* batch invariance */
         int m = 11, k = 2 * kq, n = 21;
         size_t bytes;
