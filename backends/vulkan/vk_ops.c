@@ -204,9 +204,11 @@ duet_status duet_vk_embed(void *ctx, duet_stream *s, const duet_embed_args *a)
  * bytes into their binding, on a device with subgroup arithmetic; else
  * VK_SH_COUNT (the tiled or per-output matmul). matmul_vec reads aligned
  * 16-byte pieces: k a multiple of the 4 (F32) or 8 (F16, BF16) weights of
- * a piece and the rows 16-byte aligned. matmul_qvec reads whole 32-element
+ * a piece and the rows 16-byte aligned. matmul_qvec reads 32-element
  * units: k a multiple of the block (true of every valid row) and blocks
- * 2-byte aligned (deq32's 16-bit fields; check_weight_offset ensures it). */
+ * 2-byte aligned (deq8's 16-bit fields; check_weight_offset ensures it).
+ * Activations may sit at any word offset (x_run4 reads words when they are
+ * not 16-byte aligned). */
 static vk_shader vec_kernel(const vk_ctx *c, duet_dtype t, int k, uint32_t w_res)
 {
     if (!c->caps.vec_matmul)
@@ -287,8 +289,8 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
             uint32_t gz = (uint32_t)ceil_div(groups, gx);
             uint32_t gy = per_output && !vec ? 1 : (uint32_t)ceil_div(mc, MATMUL_MT);
             if (vec)
-                rc = duet_vk_dispatch(c, s, vsh, (uint32_t)a->w_type, b, 4, &pc,
-                                      sizeof pc, gx, gy, gz);
+                rc = duet_vk_dispatch(c, s, vsh, (uint32_t)a->w_type, b, 4, &pc, sizeof pc, gx,
+                                      gy, gz);
             else
                 rc = duet_vk_dispatch(c, s, VK_SH_MATMUL, (uint32_t)a->w_type + 32u * per_output,
                                       b, 4, &pc, sizeof pc, gx, gy, gz);
