@@ -235,6 +235,17 @@ static void probe(const duet_vk_instance_fns *fi, VkPhysicalDevice pd, vk_caps *
     int sg_arith = c->subgroup_in_compute && (c->subgroup_ops & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
                    (c->subgroup_ops & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT);
     c->vec_matmul = sg_arith && !c->per_output_matmul && !(mm && strcmp(mm, "tiled") == 0);
+    /* Split-K attention (flash-decoding) on GPUs with subgroup arithmetic;
+     * CPU-type devices keep attention.comp. DUET_VK_ATTENTION=basic, =split
+     * (subgroup reductions where reported) or =split-shared overrides. */
+    const char *at = getenv("DUET_VK_ATTENTION");
+    c->split_attention = sg_arith && p.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU ? 2 : 0;
+    if (at && strcmp(at, "basic") == 0)
+        c->split_attention = 0;
+    if (at && strcmp(at, "split") == 0)
+        c->split_attention = sg_arith ? 2 : 1;
+    if (at && strcmp(at, "split-shared") == 0)
+        c->split_attention = 1;
 
     VkPhysicalDeviceShaderIntegerDotProductFeatures fdot = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};

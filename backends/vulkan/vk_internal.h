@@ -51,6 +51,9 @@ typedef enum vk_shader {
     VK_SH_ATTENTION,
     VK_SH_SAMPLE,
     VK_SH_MATMUL_VEC,
+    VK_SH_ATTENTION_SPLIT,
+    VK_SH_ATTENTION_SPLIT_SG,
+    VK_SH_ATTENTION_COMBINE,
     VK_SH_COUNT
 } vk_shader;
 /* Pipeline variants per shader: spec % 32 is a type (constant 0), spec / 32
@@ -78,6 +81,9 @@ typedef struct vk_caps {
     int per_output_matmul;        /* CPU-type: matmul variant 1 (no shared memory) */
     int vec_matmul;               /* GPUs with subgroup arithmetic: matmul_vec for
                                      16-bit weights */
+    int split_attention;          /* attention path: 0 attention.comp, 1 split-K with
+                                     shared-memory reductions, 2 split-K with subgroup
+                                     reductions (docs/VULKAN.md) */
     int timeline;                 /* timelineSemaphore (Vulkan 1.2 feature) reported */
     uint32_t queue_family;        /* first family with compute */
     int usable;                   /* Vulkan >= 1.2 and a compute queue */

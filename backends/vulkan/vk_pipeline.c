@@ -26,6 +26,9 @@ static const char *const shader_names[VK_SH_COUNT] = {
     [VK_SH_ATTENTION] = "attention",
     [VK_SH_SAMPLE] = "sample",
     [VK_SH_MATMUL_VEC] = "matmul_vec",
+    [VK_SH_ATTENTION_SPLIT] = "attention_split",
+    [VK_SH_ATTENTION_SPLIT_SG] = "attention_split_sg",
+    [VK_SH_ATTENTION_COMBINE] = "attention_combine",
 };
 
 /* ---- the on-disk pipeline cache -------------------------------------------- */
