@@ -197,14 +197,15 @@ static int n_variants(void) { return vk_shared.d ? 2 : 1; }
 static side *variant(int i) { return i == 0 ? &vk : &vk_shared; }
 
 /* The batch on every variant vs the CPU reference; the recording must be
- * the split path: split (+ combine when a row can span partitions). */
-static void check_batch(const char *what, const batch *b)
+ * the split path: split (+ combine when a row can span partitions).
+ * Returns the commands the last variant recorded. */
+static int check_batch(const char *what, const batch *b)
 {
+    int commands = 0;
     size_t n = out_floats(b);
     float *want = malloc(4 * n), *got = malloc(4 * n);
     run(&cpu, b, want, NULL);
     for (int v = 0; v < n_variants(); v++) {
-        int commands = 0;
         run(variant(v), b, got, &commands);
         char msg[160];
         snprintf(msg, sizeof msg, "%s [%s] H=%d Hkv=%d D=%d %s", what,
@@ -220,6 +221,7 @@ static void check_batch(const char *what, const batch *b)
             fail_msg("%s: the validation layer reported %d message(s)", msg, vn);
     }
     free(want), free(got);
+    return commands;
 }
 
 /* ---- tests ------------------------------------------------------------------------ */
@@ -259,14 +261,15 @@ static void test_single_partition(void **state)
     free_batch(&b);
 }
 
-/* Mixed prefill + decode, a prefill crossing partition boundaries and
- * long enough for two token chunks of the scratch. */
+/* Mixed prefill + decode, a prefill crossing partition boundaries; the
+ * 8000-key decode widens the partition grid (32) so the 207 tokens need
+ * two token chunks of the 8 MiB scratch: two split + combine pairs. */
 static void test_mixed_batch(void **state)
 {
     (void)state;
-    static const int ql[] = {5, 1, 1, 700, 1}, ctx[] = {600, 257, 1, 2600, 40};
+    static const int ql[] = {5, 1, 1, 200, 1}, ctx[] = {600, 257, 1, 700, 8000};
     batch b = make_batch(5, ql, ctx, 8, 2, 64, DUET_F32);
-    check_batch("mixed prefill + decode", &b);
+    assert_int_equal(check_batch("mixed prefill + decode", &b), 4);
     free_batch(&b);
 }
 
