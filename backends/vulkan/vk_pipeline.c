@@ -338,8 +338,12 @@ duet_status duet_vk_pipeline_get(vk_ctx *c, vk_shader sh, uint32_t spec, VkPipel
         .layout = c->pipe_layout,
     };
     VkResult vr;
+    /* The fault names an op: its shader and the shaders of its other paths
+     * ("attention" also hits attention_split, attention_combine). */
+    size_t fl = strlen(c->fault.shader);
     if (c->fault.kind == VK_FAULT_PIPELINE &&
-        (!c->fault.shader[0] || strcmp(c->fault.shader, shader_names[sh]) == 0))
+        (!fl || (strncmp(c->fault.shader, shader_names[sh], fl) == 0 &&
+                 (shader_names[sh][fl] == 0 || shader_names[sh][fl] == '_'))))
         vr = VK_ERROR_INITIALIZATION_FAILED; /* DUET_VK_FAULT=pipeline (tests) */
     else
         vr = c->fd.vkCreateComputePipelines(c->dev, c->pipe_cache, 1, &cpci, NULL,
