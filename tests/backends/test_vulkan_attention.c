@@ -3,8 +3,8 @@
  * + attention_combine.comp, forced with DUET_VK_ATTENTION) against the CPU
  * reference (force_reference): contexts shorter than, equal to and several
  * partitions (256 keys) long, F32 and F16 caches, GQA groups 1/4/8/12,
- * head_dim 64/128, mixed prefill + decode batches (a prefill long enough
- * to take two token chunks), batch invariance (a row alone and in a batch
+ * head_dim 64/128 (and 34/36: no 16-byte loads), mixed prefill + decode
+ * batches (a wide grid that takes two token chunks), batch invariance (a row alone and in a batch
  * of 11 give the same bits), NaN rows for bad metadata. Both reduction
  * variants run: subgroup (where the device reports subgroup arithmetic)
  * and shared memory. Scores are spread wide (|q| up to 8) so partitions
@@ -251,6 +251,20 @@ static void test_decode_contexts(void **state)
         }
 }
 
+/* head_dim that rules out 16-byte K loads (F32: not a multiple of 4;
+ * F16: not of 8): the scalar reads. */
+static void test_scalar_loads(void **state)
+{
+    (void)state;
+    static const int q1[] = {1, 1, 2}, ctx[] = {1, 300, 700};
+    batch a = make_batch(3, q1, ctx, 8, 2, 34, DUET_F32);
+    batch b = make_batch(3, q1, ctx, 8, 2, 36, DUET_F16);
+    check_batch("scalar K reads", &a);
+    check_batch("scalar K reads", &b);
+    free_batch(&a);
+    free_batch(&b);
+}
+
 /* Short contexts only: one partition, no scratch, one dispatch. */
 static void test_single_partition(void **state)
 {
@@ -360,6 +374,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_selection),
         cmocka_unit_test(test_decode_contexts),
+        cmocka_unit_test(test_scalar_loads),
         cmocka_unit_test(test_single_partition),
         cmocka_unit_test(test_mixed_batch),
         cmocka_unit_test(test_batch_invariance),
