@@ -418,6 +418,9 @@ static void vk_destroy(void *ctx)
         c->fd.vkDeviceWaitIdle(c->dev);
         duet_vk_stream_destroy(c, c->sync);
         duet_vk_buffer_free(c, c->dummy);
+        duet_vk_buffer_free(c, c->attn_scratch);
+        for (int i = 0; i < c->n_attn_retired; i++)
+            duet_vk_buffer_free(c, c->attn_retired[i]);
         duet_vk_pipelines_free(c);
         if (c->timeline)
             c->fs.vkDestroySemaphore(c->dev, c->timeline, NULL);
@@ -436,6 +439,8 @@ static void vk_destroy(void *ctx)
     pthread_mutex_destroy(&c->queue_lock);
     pthread_mutex_destroy(&c->pipe_lock);
     pthread_mutex_destroy(&c->sync_lock);
+    pthread_mutex_destroy(&c->attn_lock);
+    free(c->attn_retired);
     free(c);
 }
 
@@ -636,6 +641,7 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
     pthread_mutex_init(&c->queue_lock, NULL);
     pthread_mutex_init(&c->pipe_lock, NULL);
     pthread_mutex_init(&c->sync_lock, NULL);
+    pthread_mutex_init(&c->attn_lock, NULL);
     atomic_init(&c->validation_errors, 0);
     atomic_init(&c->lost, 0);
     atomic_init(&c->n_submits, 0);

@@ -214,6 +214,14 @@ typedef struct vk_ctx {
     int pipe_cache_dirty;       /* a pipeline was created: save at destroy */
     pthread_mutex_t pipe_lock;
     duet_buffer *dummy;         /* bound to unused binding slots */
+    /* Split-K attention partials (vk_ops.c): one device-local buffer for
+     * every stream (submissions run in order, so their uses never
+     * overlap), grown on demand; an outgrown one is kept until destroy,
+     * since a recording may still hold it. */
+    pthread_mutex_t attn_lock;
+    duet_buffer *attn_scratch;
+    duet_buffer **attn_retired;
+    int n_attn_retired;
     duet_stream *sync;          /* for buffer_write/read through staging */
     pthread_mutex_t sync_lock;
 } vk_ctx;

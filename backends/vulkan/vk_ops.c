@@ -7,7 +7,9 @@
  * partials scratch).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
@@ -352,8 +354,9 @@ duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args
 
 /* Split-K attention (attention_split*.comp + attention_combine.comp): keys
  * per partition (the shaders' PART), query heads per workgroup (GM), and
- * the scratch one dispatch pair may use; tokens beyond it go in further
- * pairs over the same scratch (one token's partials may exceed it). */
+ * the partials one dispatch pair may use (the device's buffer starts this
+ * size); tokens beyond it go in further pairs over the same memory (one
+ * token's partials may exceed it: the buffer grows). */
 enum { ATTN_PART = 256, ATTN_GROUP = 8, ATTN_SCRATCH = 8 << 20 };
 
 typedef struct attn_pc {
@@ -363,6 +366,33 @@ typedef struct attn_pc {
     uint32_t q_off, k_off, v_off, bt_off, sl_off, qsl_off, o_off;
     uint32_t t0, n_parts, p_off; /* split-K only */
 } attn_pc;
+
+/* The device's partials buffer, at least bytes long (vk_ctx.attn_scratch). */
+static duet_status attn_scratch(vk_ctx *c, uint64_t bytes, duet_buffer **out)
+{
+    duet_status rc = DUET_OK;
+    pthread_mutex_lock(&c->attn_lock);
+    if (!c->attn_scratch || c->attn_scratch->size < bytes) {
+        duet_buffer *b = NULL;
+        duet_buffer **r = realloc(c->attn_retired, sizeof *r * (c->n_attn_retired + 1));
+        if (!r) {
+            rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "attention: out of host memory");
+            goto out_unlock;
+        }
+        c->attn_retired = r;
+        if ((rc = duet_vk_buffer_alloc(c, bytes > ATTN_SCRATCH ? bytes : ATTN_SCRATCH, &b))) {
+            rc = duet_error_wrap(rc, "attention: the split-K partials buffer");
+            goto out_unlock;
+        }
+        if (c->attn_scratch)
+            c->attn_retired[c->n_attn_retired++] = c->attn_scratch;
+        c->attn_scratch = b;
+    }
+out_unlock:
+    *out = c->attn_scratch;
+    pthread_mutex_unlock(&c->attn_lock);
+    return rc;
+}
 
 /* The split path over bindings b[0..7) (q, k, v, tables, seq_lens,
  * query_start_loc, out): per chunk of tokens, attention_split over
@@ -392,9 +422,12 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
     if (chunk > (uint64_t)a->n_tokens)
         chunk = (uint64_t)a->n_tokens;
     b[7] = duet_vk_dummy_binding(c);
+    pc.p_off = 0;
     if (n_parts > 1) {
-        void *host;
-        if ((rc = duet_vk_stream_scratch(c, s, per_token * chunk, &b[7], &host)))
+        duet_buffer *scratch;
+        if ((rc = attn_scratch(c, per_token * chunk, &scratch)) ||
+            (rc = duet_vk_bind_words(c, "attention", "partials", (duet_addr){scratch, 0}, 0,
+                                     per_token * chunk, &b[7], &pc.p_off)))
             return rc;
     }
     /* K rows as 16-byte loads: the cache binding's start and every row
@@ -403,7 +436,6 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
     int vec = pc.k_off % 4 == 0 && D % (f16 ? 8 : 4) == 0;
     vk_shader sh = c->caps.split_attention == 2 ? VK_SH_ATTENTION_SPLIT_SG : VK_SH_ATTENTION_SPLIT;
     pc.n_parts = (uint32_t)n_parts;
-    pc.p_off = 0;
     for (uint64_t t0 = 0; t0 < (uint64_t)a->n_tokens && rc == DUET_OK; t0 += chunk) {
         uint64_t cnt = (uint64_t)a->n_tokens - t0 < chunk ? (uint64_t)a->n_tokens - t0 : chunk;
         pc.t0 = (uint32_t)t0;
@@ -416,7 +448,7 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
             uint32_t n_tokens, n_seqs, n_heads, head_dim, block_size, max_blocks;
             uint32_t sl_off, qsl_off, o_off, t0, n_parts, p_off;
         } cpc = {pc.n_tokens, pc.n_seqs, pc.n_heads, pc.head_dim, pc.block_size, pc.max_blocks,
-                 pc.sl_off, pc.qsl_off, pc.o_off, pc.t0, pc.n_parts, 0};
+                 pc.sl_off, pc.qsl_off, pc.o_off, pc.t0, pc.n_parts, pc.p_off};
         rc = duet_vk_dispatch(c, s, VK_SH_ATTENTION_COMBINE, 0, cb, 4, &cpc, sizeof cpc,
                               (uint32_t)a->n_heads, (uint32_t)cnt, 1);
     }

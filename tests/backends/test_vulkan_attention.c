@@ -4,7 +4,8 @@
  * reference (force_reference): contexts shorter than, equal to and several
  * partitions (256 keys) long, F32 and F16 caches, GQA groups 1/4/8/12,
  * head_dim 64/128 (and 34/36: no 16-byte loads), mixed prefill + decode
- * batches (a wide grid that takes two token chunks), batch invariance (a row alone and in a batch
+ * batches (a wide grid that takes two token chunks), a table wide enough
+ * that the partials buffer grows, batch invariance (a row alone and in a batch
  * of 11 give the same bits), NaN rows for bad metadata. Both reduction
  * variants run: subgroup (where the device reports subgroup arithmetic)
  * and shared memory. Scores are spread wide (|q| up to 8) so partitions
@@ -265,6 +266,27 @@ static void test_scalar_loads(void **state)
     free_batch(&b);
 }
 
+/* A table 20000 blocks wide (1250 partitions in the grid) with short
+ * sequences: 10.6 MB of partials per token, more than the 8 MiB the
+ * device's buffer starts with, so it grows and each token gets its own
+ * split + combine pair. */
+static void test_wide_table(void **state)
+{
+    (void)state;
+    static const int q1[] = {1, 2}, ctx[] = {300, 40};
+    batch b = make_batch(2, q1, ctx, 32, 4, 64, DUET_F16);
+    int wide = 20000;
+    int32_t *t = malloc(4ull * b.n_seqs * wide);
+    for (int s = 0; s < b.n_seqs; s++)
+        for (int i = 0; i < wide; i++)
+            t[s * wide + i] = i < b.max_blocks ? b.tables[s * b.max_blocks + i] : -1;
+    free(b.tables);
+    b.tables = t;
+    b.max_blocks = wide;
+    assert_int_equal(check_batch("wide table", &b), 2 * b.n_tokens);
+    free_batch(&b);
+}
+
 /* Short contexts only: one partition, no scratch, one dispatch. */
 static void test_single_partition(void **state)
 {
@@ -376,6 +398,7 @@ int main(void)
         cmocka_unit_test(test_decode_contexts),
         cmocka_unit_test(test_scalar_loads),
         cmocka_unit_test(test_single_partition),
+        cmocka_unit_test(test_wide_table),
         cmocka_unit_test(test_mixed_batch),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_bad_metadata),
