@@ -235,6 +235,17 @@ static void probe(const duet_vk_instance_fns *fi, VkPhysicalDevice pd, vk_caps *
     int sg_arith = c->subgroup_in_compute && (c->subgroup_ops & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
                    (c->subgroup_ops & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT);
     c->vec_matmul = sg_arith && !c->per_output_matmul && !(mm && strcmp(mm, "tiled") == 0);
+    /* Split-K attention (flash-decoding) on GPUs with subgroup arithmetic;
+     * CPU-type devices keep attention.comp. DUET_VK_ATTENTION=basic, =split
+     * (subgroup reductions where reported) or =split-shared overrides. */
+    const char *at = getenv("DUET_VK_ATTENTION");
+    c->split_attention = sg_arith && p.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU ? 2 : 0;
+    if (at && strcmp(at, "basic") == 0)
+        c->split_attention = 0;
+    if (at && strcmp(at, "split") == 0)
+        c->split_attention = sg_arith ? 2 : 1;
+    if (at && strcmp(at, "split-shared") == 0)
+        c->split_attention = 1;
 
     VkPhysicalDeviceShaderIntegerDotProductFeatures fdot = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
@@ -407,6 +418,9 @@ static void vk_destroy(void *ctx)
         c->fd.vkDeviceWaitIdle(c->dev);
         duet_vk_stream_destroy(c, c->sync);
         duet_vk_buffer_free(c, c->dummy);
+        duet_vk_buffer_free(c, c->attn_scratch);
+        for (int i = 0; i < c->n_attn_retired; i++)
+            duet_vk_buffer_free(c, c->attn_retired[i]);
         duet_vk_pipelines_free(c);
         if (c->timeline)
             c->fs.vkDestroySemaphore(c->dev, c->timeline, NULL);
@@ -425,6 +439,8 @@ static void vk_destroy(void *ctx)
     pthread_mutex_destroy(&c->queue_lock);
     pthread_mutex_destroy(&c->pipe_lock);
     pthread_mutex_destroy(&c->sync_lock);
+    pthread_mutex_destroy(&c->attn_lock);
+    free(c->attn_retired);
     free(c);
 }
 
@@ -625,6 +641,7 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
     pthread_mutex_init(&c->queue_lock, NULL);
     pthread_mutex_init(&c->pipe_lock, NULL);
     pthread_mutex_init(&c->sync_lock, NULL);
+    pthread_mutex_init(&c->attn_lock, NULL);
     atomic_init(&c->validation_errors, 0);
     atomic_init(&c->lost, 0);
     atomic_init(&c->n_submits, 0);

@@ -52,6 +52,9 @@ typedef enum vk_shader {
     VK_SH_SAMPLE,
     VK_SH_MATMUL_VEC,
     VK_SH_MATMUL_QVEC,
+    VK_SH_ATTENTION_SPLIT,
+    VK_SH_ATTENTION_SPLIT_SG,
+    VK_SH_ATTENTION_COMBINE,
     VK_SH_COUNT
 } vk_shader;
 /* Pipeline variants per shader: spec % 32 is a type (constant 0), spec / 32
@@ -79,6 +82,9 @@ typedef struct vk_caps {
     int per_output_matmul;        /* CPU-type: matmul variant 1 (no shared memory) */
     int vec_matmul;               /* GPUs with subgroup arithmetic: matmul_vec /
                                      matmul_qvec for every weight type */
+    int split_attention;          /* attention path: 0 attention.comp, 1 split-K with
+                                     shared-memory reductions, 2 split-K with subgroup
+                                     reductions (docs/VULKAN.md) */
     int timeline;                 /* timelineSemaphore (Vulkan 1.2 feature) reported */
     uint32_t queue_family;        /* first family with compute */
     int usable;                   /* Vulkan >= 1.2 and a compute queue */
@@ -209,6 +215,14 @@ typedef struct vk_ctx {
     int pipe_cache_dirty;       /* a pipeline was created: save at destroy */
     pthread_mutex_t pipe_lock;
     duet_buffer *dummy;         /* bound to unused binding slots */
+    /* Split-K attention partials (vk_ops.c): one device-local buffer for
+     * every stream (submissions run in order, so their uses never
+     * overlap), grown on demand; an outgrown one is kept until destroy,
+     * since a recording may still hold it. */
+    pthread_mutex_t attn_lock;
+    duet_buffer *attn_scratch;
+    duet_buffer **attn_retired;
+    int n_attn_retired;
     duet_stream *sync;          /* for buffer_write/read through staging */
     pthread_mutex_t sync_lock;
 } vk_ctx;

@@ -3,9 +3,13 @@
  * the grid, and split an op into several dispatches where an operand is
  * larger than one binding (maxStorageBufferRange): matmul and embed over
  * weight rows, matmul over activation rows, the elementwise ops over
- * elements, rms_norm over rows.
+ * elements, rms_norm over rows, split-K attention over tokens (its
+ * partials scratch).
  */
 #include <math.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
@@ -379,6 +383,109 @@ duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args
                             1);
 }
 
+/* Split-K attention (attention_split*.comp + attention_combine.comp): keys
+ * per partition (the shaders' PART), query heads per workgroup (GM), and
+ * the partials one dispatch pair may use (the device's buffer starts this
+ * size); tokens beyond it go in further pairs over the same memory (one
+ * token's partials may exceed it: the buffer grows). */
+enum { ATTN_PART = 256, ATTN_GROUP = 8, ATTN_SCRATCH = 8 << 20 };
+
+typedef struct attn_pc {
+    uint32_t n_tokens, n_seqs, n_heads, n_kv_heads, head_dim;
+    uint32_t num_blocks, block_size, max_blocks;
+    float scale;
+    uint32_t q_off, k_off, v_off, bt_off, sl_off, qsl_off, o_off;
+    uint32_t t0, n_parts, p_off; /* split-K only */
+} attn_pc;
+
+/* The device's partials buffer, at least bytes long (vk_ctx.attn_scratch). */
+static duet_status attn_scratch(vk_ctx *c, uint64_t bytes, duet_buffer **out)
+{
+    duet_status rc = DUET_OK;
+    pthread_mutex_lock(&c->attn_lock);
+    if (!c->attn_scratch || c->attn_scratch->size < bytes) {
+        duet_buffer *b = NULL;
+        duet_buffer **r = realloc(c->attn_retired, sizeof *r * (c->n_attn_retired + 1));
+        if (!r) {
+            rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "attention: out of host memory");
+            goto out_unlock;
+        }
+        c->attn_retired = r;
+        if ((rc = duet_vk_buffer_alloc(c, bytes > ATTN_SCRATCH ? bytes : ATTN_SCRATCH, &b))) {
+            rc = duet_error_wrap(rc, "attention: the split-K partials buffer");
+            goto out_unlock;
+        }
+        if (c->attn_scratch)
+            c->attn_retired[c->n_attn_retired++] = c->attn_scratch;
+        c->attn_scratch = b;
+    }
+out_unlock:
+    *out = c->attn_scratch;
+    pthread_mutex_unlock(&c->attn_lock);
+    return rc;
+}
+
+/* The split path over bindings b[0..7) (q, k, v, tables, seq_lens,
+ * query_start_loc, out): per chunk of tokens, attention_split over
+ * (kv head x head chunk, partition, token), then attention_combine over
+ * (head, token) when some row can span several partitions. */
+static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attention_args *a,
+                                   attn_pc pc, vk_binding *b)
+{
+    duet_status rc = DUET_OK;
+    uint64_t D = (uint64_t)a->head_dim;
+    uint64_t keys = (uint64_t)a->max_blocks_per_seq * a->block_size;
+    uint64_t n_parts = keys > ATTN_PART ? ceil_div(keys, ATTN_PART) : 1;
+    uint64_t group = (uint64_t)(a->n_heads / a->n_kv_heads);
+    uint64_t gx = (uint64_t)a->n_kv_heads * ceil_div(group, ATTN_GROUP);
+    uint64_t per_token = 4ull * a->n_heads * n_parts * (D + 2);
+    uint64_t chunk = (uint64_t)MAX_GROUPS_X;
+    if (a->n_tokens <= 0)
+        return DUET_OK;
+    if (n_parts > MAX_GROUPS_X || (n_parts > 1 && per_token > duet_vk_max_bind(c)))
+        return duet_error(DUET_ERR_UNSUPPORTED,
+                          "attention: %llu keys per sequence need %llu bytes of partials per "
+                          "token; this device binds at most %llu",
+                          (unsigned long long)keys, (unsigned long long)per_token,
+                          (unsigned long long)duet_vk_max_bind(c));
+    if (n_parts > 1 && ATTN_SCRATCH / per_token < chunk)
+        chunk = ATTN_SCRATCH / per_token ? ATTN_SCRATCH / per_token : 1;
+    if (chunk > (uint64_t)a->n_tokens)
+        chunk = (uint64_t)a->n_tokens;
+    b[7] = duet_vk_dummy_binding(c);
+    pc.p_off = 0;
+    if (n_parts > 1) {
+        duet_buffer *scratch;
+        if ((rc = attn_scratch(c, per_token * chunk, &scratch)) ||
+            (rc = duet_vk_bind_words(c, "attention", "partials", (duet_addr){scratch, 0}, 0,
+                                     per_token * chunk, &b[7], &pc.p_off)))
+            return rc;
+    }
+    /* K rows as 16-byte loads: the cache binding's start and every row
+     * 16-byte aligned. */
+    int f16 = a->cache_type == DUET_F16;
+    int vec = pc.k_off % 4 == 0 && D % (f16 ? 8 : 4) == 0;
+    vk_shader sh = c->caps.split_attention == 2 ? VK_SH_ATTENTION_SPLIT_SG : VK_SH_ATTENTION_SPLIT;
+    pc.n_parts = (uint32_t)n_parts;
+    for (uint64_t t0 = 0; t0 < (uint64_t)a->n_tokens && rc == DUET_OK; t0 += chunk) {
+        uint64_t cnt = (uint64_t)a->n_tokens - t0 < chunk ? (uint64_t)a->n_tokens - t0 : chunk;
+        pc.t0 = (uint32_t)t0;
+        rc = duet_vk_dispatch(c, s, sh, (uint32_t)(f16 + 2 * vec), b, 8, &pc, sizeof pc,
+                              (uint32_t)gx, (uint32_t)n_parts, (uint32_t)cnt);
+        if (rc || n_parts == 1)
+            continue;
+        vk_binding cb[4] = {b[7], b[4], b[5], b[6]};
+        struct {
+            uint32_t n_tokens, n_seqs, n_heads, head_dim, block_size, max_blocks;
+            uint32_t sl_off, qsl_off, o_off, t0, n_parts, p_off;
+        } cpc = {pc.n_tokens, pc.n_seqs, pc.n_heads, pc.head_dim, pc.block_size, pc.max_blocks,
+                 pc.sl_off, pc.qsl_off, pc.o_off, pc.t0, pc.n_parts, pc.p_off};
+        rc = duet_vk_dispatch(c, s, VK_SH_ATTENTION_COMBINE, 0, cb, 4, &cpc, sizeof cpc,
+                              (uint32_t)a->n_heads, (uint32_t)cnt, 1);
+    }
+    return rc;
+}
+
 duet_status duet_vk_attention(void *ctx, duet_stream *s, const duet_attention_args *a)
 {
     vk_ctx *c = ctx;
@@ -393,16 +500,11 @@ duet_status duet_vk_attention(void *ctx, duet_stream *s, const duet_attention_ar
     uint64_t cache = cache_bytes(a->cache_type, a->num_blocks, a->block_size, a->n_kv_heads,
                                  a->head_dim);
     uint64_t qbytes = 4ull * a->n_tokens * a->n_heads * a->head_dim;
-    vk_binding b[7];
-    struct {
-        uint32_t n_tokens, n_seqs, n_heads, n_kv_heads, head_dim;
-        uint32_t num_blocks, block_size, max_blocks;
-        float scale;
-        uint32_t q_off, k_off, v_off, bt_off, sl_off, qsl_off, o_off;
-    } pc = {(uint32_t)a->n_tokens, (uint32_t)a->n_seqs, (uint32_t)a->n_heads,
-            (uint32_t)a->n_kv_heads, (uint32_t)a->head_dim, (uint32_t)a->num_blocks,
-            (uint32_t)a->block_size, (uint32_t)a->max_blocks_per_seq, a->scale,
-            0, 0, 0, 0, 0, 0, 0};
+    vk_binding b[8];
+    attn_pc pc = {(uint32_t)a->n_tokens, (uint32_t)a->n_seqs, (uint32_t)a->n_heads,
+                  (uint32_t)a->n_kv_heads, (uint32_t)a->head_dim, (uint32_t)a->num_blocks,
+                  (uint32_t)a->block_size, (uint32_t)a->max_blocks_per_seq, a->scale,
+                  0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     if ((rc = duet_vk_bind_words(c, "attention", "q", a->q, 0, qbytes, &b[0], &pc.q_off)) ||
         (rc = duet_vk_bind_words(c, "attention", "k_cache", a->k_cache, 0, cache, &b[1],
                                  &pc.k_off)) ||
@@ -416,8 +518,12 @@ duet_status duet_vk_attention(void *ctx, duet_stream *s, const duet_attention_ar
                                  4ull * (a->n_seqs + 1), &b[5], &pc.qsl_off)) ||
         (rc = duet_vk_bind_words(c, "attention", "out", a->out, 0, qbytes, &b[6], &pc.o_off)))
         return rc;
+    /* One path per device for every row (a row's bits must not depend on
+     * its batch): split-K where caps.split_attention says so. */
+    if (c->caps.split_attention)
+        return attention_split(c, s, a, pc, b);
     uint32_t gy = a->n_tokens < MAX_GROUPS_X ? (uint32_t)a->n_tokens : MAX_GROUPS_X;
     uint32_t gz = (uint32_t)ceil_div((uint64_t)a->n_tokens, gy);
     return duet_vk_dispatch(c, s, VK_SH_ATTENTION, a->cache_type == DUET_F16, b, 7, &pc,
-                            sizeof pc, (uint32_t)a->n_heads, gy, gz);
+                            offsetof(attn_pc, t0), (uint32_t)a->n_heads, gy, gz);
 }

@@ -27,6 +27,9 @@ static const char *const shader_names[VK_SH_COUNT] = {
     [VK_SH_SAMPLE] = "sample",
     [VK_SH_MATMUL_VEC] = "matmul_vec",
     [VK_SH_MATMUL_QVEC] = "matmul_qvec",
+    [VK_SH_ATTENTION_SPLIT] = "attention_split",
+    [VK_SH_ATTENTION_SPLIT_SG] = "attention_split_sg",
+    [VK_SH_ATTENTION_COMBINE] = "attention_combine",
 };
 
 /* ---- the on-disk pipeline cache -------------------------------------------- */
@@ -336,8 +339,12 @@ duet_status duet_vk_pipeline_get(vk_ctx *c, vk_shader sh, uint32_t spec, VkPipel
         .layout = c->pipe_layout,
     };
     VkResult vr;
+    /* The fault names an op: its shader and the shaders of its other paths
+     * ("attention" also hits attention_split, attention_combine). */
+    size_t fl = strlen(c->fault.shader);
     if (c->fault.kind == VK_FAULT_PIPELINE &&
-        (!c->fault.shader[0] || strcmp(c->fault.shader, shader_names[sh]) == 0))
+        (!fl || (strncmp(c->fault.shader, shader_names[sh], fl) == 0 &&
+                 (shader_names[sh][fl] == 0 || shader_names[sh][fl] == '_'))))
         vr = VK_ERROR_INITIALIZATION_FAILED; /* DUET_VK_FAULT=pipeline (tests) */
     else
         vr = c->fd.vkCreateComputePipelines(c->dev, c->pipe_cache, 1, &cpci, NULL,
