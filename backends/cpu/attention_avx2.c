@@ -3,11 +3,12 @@
  *
  * Work is split over (query token, kv head) items; one item computes all
  * query heads that share the kv head, so each K/V row is fetched (and
- * converted from F16) once per group instead of once per head. Items are
- * dealt round-robin to threads because causal items grow with position:
- * a contiguous split would give the last thread most of a prefill. A
- * small decode, with fewer items than threads can share, splits further
- * into one item per query head.
+ * converted from F16) once per group instead of once per head. Threads
+ * claim items one at a time from a shared counter (duet_claims), which
+ * balances both causal items that grow with position (a prefill) and a
+ * thread slowed by other work on its core. A small decode, with fewer
+ * items than threads can share, splits further into one item per query
+ * head.
  *
  * Batch invariance: an item's result depends only on its query row and
  * its sequence's cache. Keys are taken in chunks of ATT_CHUNK positions
@@ -23,14 +24,14 @@
 #include "cpu_simd.h"
 
 /* Limits of this kernel's stack scratch; larger shapes use the reference. */
-enum { ATT_CHUNK = 32, ATT_MAX_DIM = 256, ATT_MAX_GROUP = 16 };
+enum { ATT_CHUNK = 32, ATT_MAX_DIM = 256, ATT_MAX_GROUP = 16, ATT_MAX_HEADS = 64 };
 
 typedef struct att_scratch {
     _Alignas(32) float k[ATT_CHUNK * ATT_MAX_DIM]; /* F16 rows converted */
     _Alignas(32) float v[ATT_CHUNK * ATT_MAX_DIM];
-    _Alignas(32) float acc[ATT_MAX_GROUP * ATT_MAX_DIM];
+    _Alignas(32) float acc[ATT_MAX_GROUP * ATT_MAX_DIM]; /* nh * head_dim of them */
     _Alignas(32) float p[ATT_CHUNK];
-    float m[ATT_MAX_GROUP], l[ATT_MAX_GROUP];
+    float m[ATT_MAX_HEADS], l[ATT_MAX_HEADS];
     const float *kr[ATT_CHUNK], *vr[ATT_CHUNK];
 } att_scratch;
 
@@ -146,51 +147,58 @@ static int chunk_rows(const cpu_attention *a, const int32_t *table, int c0, int 
     return 1;
 }
 
-/* One item: query heads h0 .. h0 + group - 1 of token row t (at position
- * pos), which all read kv head kvh. */
+/* One item: query heads h0 .. h0 + nh - 1 of token row t (at position
+ * pos). Either all of them read one kv head (nh <= group), or they are
+ * whole groups, whose kv heads are then taken in turn within each chunk
+ * of positions, so a chunk's cache rows (all kv heads of a position are
+ * adjacent) are read as one contiguous run. A head's result is the same
+ * bits either way. */
 static void attend_item(const cpu_attention *a, const int32_t *table, int64_t t, int pos,
-                        int kvh, int h0, int group, att_scratch *w)
+                        int h0, int nh, att_scratch *w)
 {
-    int hd = a->head_dim;
+    int hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
     int64_t first = (t * a->n_heads + h0) * hd;
     const float *q = a->q + first;
     float *out = a->out + first;
-    memset(w->acc, 0, sizeof(float) * group * hd);
-    for (int h = 0; h < group; h++) {
+    memset(w->acc, 0, sizeof(float) * nh * hd);
+    for (int h = 0; h < nh; h++) {
         w->m[h] = -INFINITY;
         w->l[h] = 0.0f;
     }
     for (int c0 = 0; c0 <= pos; c0 += ATT_CHUNK) {
         int cn = pos + 1 - c0 < ATT_CHUNK ? pos + 1 - c0 : ATT_CHUNK;
-        if (!chunk_rows(a, table, c0, cn, kvh, w)) {
-            duet_cpu_fill_nan(out, 0, group, hd);
-            return;
-        }
         int nv = (cn + 7) / 8; /* vectors of scores */
-        for (int h = 0; h < group; h++) {
-            _Alignas(32) float s[ATT_CHUNK];
-            chunk_scores(q + h * hd, w->kr, cn, hd, a->scale, s);
-            __m256 vmax = _mm256_load_ps(s);
-            for (int v = 1; v < nv; v++)
-                vmax = _mm256_max_ps(vmax, _mm256_load_ps(s + 8 * v));
-            float mc = hmax_ps(vmax);
-            float mn = mc > w->m[h] ? mc : w->m[h];
-            float corr = expf(w->m[h] - mn); /* 0 on the first chunk */
-            __m256 vm = _mm256_set1_ps(mn), vsum = _mm256_setzero_ps();
-            for (int v = 0; v < nv; v++) {
-                __m256 e = duet_exp256(_mm256_sub_ps(_mm256_load_ps(s + 8 * v), vm));
-                /* exp's clamp leaves a tiny value for -inf: mask the padding */
-                e = _mm256_and_ps(e, _mm256_cmp_ps(_mm256_load_ps(s + 8 * v),
-                                                   _mm256_set1_ps(-INFINITY), _CMP_NEQ_UQ));
-                _mm256_store_ps(w->p + 8 * v, e);
-                vsum = _mm256_add_ps(vsum, e);
+        for (int hg = 0; hg < nh; hg += group) { /* one kv head's heads */
+            int kvh = (h0 + hg) / group, hn = nh - hg < group ? nh - hg : group;
+            if (!chunk_rows(a, table, c0, cn, kvh, w)) {
+                duet_cpu_fill_nan(out, 0, nh, hd);
+                return;
             }
-            w->l[h] = w->l[h] * corr + duet_hsum_ps(vsum);
-            w->m[h] = mn;
-            chunk_accumulate(w->acc + h * hd, w->p, w->vr, cn, hd, corr);
+            for (int h = hg; h < hg + hn; h++) {
+                _Alignas(32) float s[ATT_CHUNK];
+                chunk_scores(q + h * hd, w->kr, cn, hd, a->scale, s);
+                __m256 vmax = _mm256_load_ps(s);
+                for (int v = 1; v < nv; v++)
+                    vmax = _mm256_max_ps(vmax, _mm256_load_ps(s + 8 * v));
+                float mc = hmax_ps(vmax);
+                float mn = mc > w->m[h] ? mc : w->m[h];
+                float corr = expf(w->m[h] - mn); /* 0 on the first chunk */
+                __m256 vm = _mm256_set1_ps(mn), vsum = _mm256_setzero_ps();
+                for (int v = 0; v < nv; v++) {
+                    __m256 e = duet_exp256(_mm256_sub_ps(_mm256_load_ps(s + 8 * v), vm));
+                    /* exp's clamp leaves a tiny value for -inf: mask the padding */
+                    e = _mm256_and_ps(e, _mm256_cmp_ps(_mm256_load_ps(s + 8 * v),
+                                                       _mm256_set1_ps(-INFINITY), _CMP_NEQ_UQ));
+                    _mm256_store_ps(w->p + 8 * v, e);
+                    vsum = _mm256_add_ps(vsum, e);
+                }
+                w->l[h] = w->l[h] * corr + duet_hsum_ps(vsum);
+                w->m[h] = mn;
+                chunk_accumulate(w->acc + h * hd, w->p, w->vr, cn, hd, corr);
+            }
         }
     }
-    for (int h = 0; h < group; h++) {
+    for (int h = 0; h < nh; h++) {
         __m256 l = _mm256_set1_ps(w->l[h]);
         for (int d = 0; d < hd; d += 8)
             _mm256_storeu_ps(out + h * hd + d,
@@ -198,31 +206,48 @@ static void attend_item(const cpu_attention *a, const int32_t *table, int64_t t,
     }
 }
 
+typedef struct att_call {
+    const cpu_attention *a;
+    duet_claims claims;
+} att_call;
+
 static void attention_job(void *arg, int ith, int nth)
 {
-    const cpu_attention *a = arg;
+    att_call *call = arg;
+    const cpu_attention *a = call->a;
     att_scratch w;
+    (void)ith;
     int group = a->n_heads / a->n_kv_heads;
-    /* Few (token, kv head) items (a small decode) cannot keep every thread
-     * busy: then each query head is its own item. A head's result is the
-     * same bits either way; grouping only shares K/V fetches. */
-    int per_item = nth > 1 && (int64_t)a->n_tokens * a->n_kv_heads < 4 * nth ? 1 : group;
-    int64_t item = 0;
+    /* Heads per item: a whole token (every kv head: contiguous cache
+     * reads) when there are tokens enough to keep every thread busy and
+     * its heads fit the scratch; else one kv head's group; and for a small
+     * decode, with fewer such items than threads can share, one query head.
+     * A head's result is the same bits either way; grouping only shares
+     * and orders the K/V fetches. */
+    int per_item = group;
+    if (nth > 1 && (int64_t)a->n_tokens * a->n_kv_heads < 4 * nth)
+        per_item = 1;
+    else if ((nth == 1 || a->n_tokens >= 4 * nth) && a->n_heads <= ATT_MAX_HEADS &&
+             a->n_heads * a->head_dim <= ATT_MAX_GROUP * ATT_MAX_DIM)
+        per_item = a->n_heads;
+    int64_t item = 0, mine = duet_claim(&call->claims);
     for (int s = 0; s < a->n_seqs; s++) {
         int q0 = a->query_start_loc[s], q_len = a->query_start_loc[s + 1] - q0;
         int ok = duet_cpu_attention_seq_ok(a, s);
         const int32_t *table = a->block_tables + (int64_t)s * a->max_blocks_per_seq;
-        for (int i = 0; i < q_len; i++) {
+        /* A sequence's last tokens first: their items are the longest, and
+         * the short ones then fill the gaps at the end. */
+        for (int i = q_len - 1; i >= 0; i--) {
             int64_t t = q0 + i;
             for (int h0 = 0; h0 < a->n_heads; h0 += per_item, item++) {
-                if (item % nth != ith)
+                if (item != mine)
                     continue;
                 if (ok)
-                    attend_item(a, table, t, a->seq_lens[s] - q_len + i, h0 / group, h0,
-                                per_item, &w);
+                    attend_item(a, table, t, a->seq_lens[s] - q_len + i, h0, per_item, &w);
                 else
                     duet_cpu_fill_nan(a->out + (t * a->n_heads + h0) * a->head_dim, 0,
                                       per_item, a->head_dim);
+                mine = duet_claim(&call->claims);
             }
         }
     }
@@ -244,5 +269,7 @@ void duet_cpu_attention_fast(duet_threadpool *pool, const cpu_attention *a)
      * compute; NaN makes a caller that reads them anyway notice. */
     duet_cpu_fill_nan(a->out, 0, a->query_start_loc[0], row);
     duet_cpu_fill_nan(a->out, a->query_start_loc[a->n_seqs], a->n_tokens, row);
-    duet_threadpool_run(pool, attention_job, (void *)a);
+    att_call call = {.a = a};
+    duet_claims_init(&call.claims);
+    duet_threadpool_run(pool, attention_job, &call);
 }

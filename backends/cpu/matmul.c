@@ -68,6 +68,18 @@ duet_mm_act duet_mm_act_detect(void)
     return env && strcmp(env, "int8") == 0 ? DUET_MM_ACT_INT8 : DUET_MM_ACT_F32;
 }
 
+/* Columns per claimed piece: about PIECES_PER_THREAD pieces a thread, so
+ * a thread slowed by something else on its core leaves its share to the
+ * others; whole tiles (DUET_TILE_R_MAX rows) except at the end. */
+enum { PIECES_PER_THREAD = 8 };
+
+static int64_t mm_piece(int64_t n, int nth)
+{
+    int64_t per = n / ((int64_t)nth * PIECES_PER_THREAD);
+    per = (per + DUET_TILE_R_MAX - 1) / DUET_TILE_R_MAX * DUET_TILE_R_MAX;
+    return per > DUET_TILE_R_MAX ? per : DUET_TILE_R_MAX;
+}
+
 typedef struct mm_call {
     duet_mm_job job;
     duet_cpu_isa isa;
@@ -76,6 +88,8 @@ typedef struct mm_call {
     duet_act_q8 *act; /* writable view of job.a */
     float *scratch;   /* [nth][scratch_floats] */
     int64_t scratch_floats;
+    int64_t piece;    /* output columns per claimed piece */
+    duet_claims claims;
 } mm_call;
 
 static void quantize_worker(void *arg, int ith, int nth)
@@ -86,14 +100,10 @@ static void quantize_worker(void *arg, int ith, int nth)
     duet_act_quantize_avx2(c->x, lo, hi, c->act);
 }
 
-static void matmul_worker(void *arg, int ith, int nth)
+/* Columns [lo, hi) for every activation row, ROWS_PER_PASS rows a pass. */
+static void matmul_piece(const mm_call *c, int64_t lo, int64_t hi, float *scratch)
 {
-    const mm_call *c = arg;
-    int64_t lo, hi;
-    /* A multiple of 4 rows keeps every thread's tiles full. */
-    duet_split_rows(c->job.n, ith, nth, 4, &lo, &hi);
-    float *scratch = c->scratch + ith * c->scratch_floats;
-    for (int64_t c0 = 0; c0 < c->job.m && lo < hi; c0 += ROWS_PER_PASS) {
+    for (int64_t c0 = 0; c0 < c->job.m; c0 += ROWS_PER_PASS) {
         int64_t c1 = c0 + ROWS_PER_PASS < c->job.m ? c0 + ROWS_PER_PASS : c->job.m;
         if (c->f32act && c->isa == DUET_CPU_ISA_AVX512)
             duet_mm_region_f32act_avx512(&c->job, lo, hi, c0, c1, scratch);
@@ -103,6 +113,23 @@ static void matmul_worker(void *arg, int ith, int nth)
             duet_mm_region_avx512(&c->job, lo, hi, c0, c1, scratch);
         else
             duet_mm_region_avx2(&c->job, lo, hi, c0, c1, scratch);
+    }
+}
+
+/* Output columns are claimed in pieces (mm_piece) until none are left. A
+ * column's result is its own accumulation over k whatever piece or tile
+ * it lands in, so the split changes no bit. */
+static void matmul_worker(void *arg, int ith, int nth)
+{
+    mm_call *c = arg;
+    (void)nth;
+    float *scratch = c->scratch + ith * c->scratch_floats;
+    for (;;) {
+        int64_t lo = duet_claim(&c->claims) * c->piece;
+        if (lo >= c->job.n)
+            break;
+        int64_t hi = lo + c->piece < c->job.n ? lo + c->piece : c->job.n;
+        matmul_piece(c, lo, hi, scratch);
     }
 }
 
@@ -138,6 +165,8 @@ void duet_matmul_isa_act(duet_threadpool *pool, duet_cpu_isa isa, duet_mm_act pa
         return;
     }
     c.scratch_floats = duet_mm_scratch_floats(&c.job);
+    c.piece = mm_piece(n, nth);
+    duet_claims_init(&c.claims);
     int quantize_x = duet_mm_is_int(wt) && !c.f32act;
     duet_act_q8 act = {.k = k, .nb = k / 32, .paired = isa == DUET_CPU_ISA_AVX512,
                        .offset128 = isa == DUET_CPU_ISA_AVX512 && wt == DUET_Q8_0};
