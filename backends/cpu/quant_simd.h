@@ -77,11 +77,19 @@ static inline int duet_mm_is_int(duet_dtype wt)
     return wt == DUET_Q4_0 || wt == DUET_Q4_1 || wt == DUET_Q8_0;
 }
 
-/* Floats of per-thread scratch a region call needs. */
+/* Floats of per-thread scratch a region call needs: for the integer
+ * types a tile's block scales (2 per block and row) and then, for the
+ * f32-activation kernels, its rows dequantized (k per row, from float
+ * duet_mm_dequant_offset). */
 static inline int64_t duet_mm_scratch_floats(const duet_mm_job *job)
 {
-    int64_t per_row = duet_mm_is_int(job->wt) ? 2 * (job->k / 32) : job->k;
-    return DUET_TILE_R_MAX * (per_row + 8);
+    int64_t per_row = duet_mm_is_int(job->wt) ? 2 * (job->k / 32) + job->k : job->k;
+    return DUET_TILE_R_MAX * (per_row + 8) + 16;
+}
+
+static inline int64_t duet_mm_dequant_offset(const duet_mm_job *job)
+{
+    return (2 * DUET_TILE_R_MAX * (job->k / 32) + 15) / 16 * 16;
 }
 
 /* Quantize rows [r0, r1) of x (k a multiple of 32) into a. */
