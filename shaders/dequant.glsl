@@ -58,93 +58,6 @@ void k_sub_scales(uint b, uint s, out float d0, out float m0)
     m0 = dm;
 }
 
-// Elements 32u .. 32u+cnt-1 of the row starting at byte `row` into w
-// (cnt < 32 only for the plain types' last unit). Every loop over w has
-// constant bounds and is unrolled, so w stays in registers (a dynamically
-// indexed array goes to scratch memory, which lavapipe makes ~100x slower).
-void deq32(uint row, uint u, uint cnt, out float w[32])
-{
-    [[unroll]] for (uint e = 0u; e < 32u; e++)
-        w[e] = 0.0;
-    if (WTYPE == T_F32) {
-        uint b = (row >> 2) + 32u * u;
-        [[unroll]] for (uint e = 0u; e < 32u; e++)
-            if (e < cnt)
-                w[e] = uintBitsToFloat(wq[b + e]);
-    } else if (WTYPE == T_F16 || WTYPE == T_BF16) {
-        uint b = row + 64u * u;
-        [[unroll]] for (uint e = 0u; e < 32u; e++) {
-            if (e < cnt) {
-                uint h = ld_u16(b + 2u * e);
-                w[e] = WTYPE == T_F16 ? h2f(h) : uintBitsToFloat(h << 16);
-            }
-        }
-    } else if (WTYPE == T_Q4_0) {
-        uint b = row + 18u * u;
-        float d = h2f(ld_u16(b));
-        [[unroll]] for (uint j4 = 0u; j4 < 4u; j4++) {
-            uint q4 = ld_u32(b + 2u + 4u * j4);
-            [[unroll]] for (uint i = 0u; i < 4u; i++) {
-                uint q = (q4 >> (8u * i)) & 0xffu;
-                w[4u * j4 + i] = q4_0_val(d, q & 15u);
-                w[4u * j4 + i + 16u] = q4_0_val(d, q >> 4);
-            }
-        }
-    } else if (WTYPE == T_Q4_1) {
-        uint b = row + 20u * u;
-        float d = h2f(ld_u16(b)), m = h2f(ld_u16(b + 2u));
-        [[unroll]] for (uint j4 = 0u; j4 < 4u; j4++) {
-            uint q4 = ld_u32(b + 4u + 4u * j4);
-            [[unroll]] for (uint i = 0u; i < 4u; i++) {
-                uint q = (q4 >> (8u * i)) & 0xffu;
-                w[4u * j4 + i] = q4_1_val(d, m, q & 15u);
-                w[4u * j4 + i + 16u] = q4_1_val(d, m, q >> 4);
-            }
-        }
-    } else if (WTYPE == T_Q8_0) {
-        uint b = row + 34u * u;
-        float d = h2f(ld_u16(b));
-        [[unroll]] for (uint j4 = 0u; j4 < 8u; j4++) {
-            uint q4 = ld_u32(b + 2u + 4u * j4);
-            [[unroll]] for (uint i = 0u; i < 4u; i++)
-                w[4u * j4 + i] = q8_0_val(d, (q4 >> (8u * i)) & 0xffu);
-        }
-    } else if (WTYPE == T_Q4_K || WTYPE == T_Q5_K) {
-        uint bytes = WTYPE == T_Q4_K ? 144u : 176u;
-        uint b = row + bytes * (u >> 3);
-        uint s = u & 7u, g = s >> 1;
-        float d0, m0;
-        k_sub_scales(b, s, d0, m0);
-        uint qs = b + (WTYPE == T_Q4_K ? 16u : 48u) + 32u * g;
-        [[unroll]] for (uint l4 = 0u; l4 < 8u; l4++) {
-            uint q4 = ld_u32(qs + 4u * l4);
-            uint h4 = WTYPE == T_Q5_K ? ld_u32(b + 16u + 4u * l4) : 0u;
-            [[unroll]] for (uint i = 0u; i < 4u; i++) {
-                uint q = (q4 >> (8u * i)) & 0xffu;
-                q = (s & 1u) != 0u ? q >> 4 : q & 15u;
-                if (WTYPE == T_Q5_K)
-                    q |= ((h4 >> (8u * i + s)) & 1u) << 4;
-                w[4u * l4 + i] = qk_val(d0, m0, q);
-            }
-        }
-    } else if (WTYPE == T_Q6_K) {
-        uint b = row + 210u * (u >> 3);
-        uint v8 = u & 7u, h = v8 >> 2, i = v8 & 3u;
-        float d = h2f(ld_u16(b + 208u));
-        [[unroll]] for (uint l4 = 0u; l4 < 8u; l4++) {
-            uint ql4 = ld_u32(b + 64u * h + 4u * l4 + 32u * (i & 1u));
-            uint qh4 = ld_u32(b + 128u + 32u * h + 4u * l4);
-            [[unroll]] for (uint k = 0u; k < 4u; k++) {
-                uint l = 4u * l4 + k;
-                uint lowbyte = (ql4 >> (8u * k)) & 0xffu;
-                uint lo4 = i < 2u ? (lowbyte & 15u) : (lowbyte >> 4);
-                uint hi2 = (((qh4 >> (8u * k)) & 0xffu) >> (2u * i)) & 3u;
-                w[l] = q6_k_val(d, ld_u8(b + 192u + 8u * h + 2u * i + (l >> 4)), lo4 | (hi2 << 4));
-            }
-        }
-    }
-}
-
 // The element of its unit that slot i (< 8) of part p (< 4) of deq8 is:
 // Q4_0/Q4_1 bytes hold elements e and e + 16, so a part is 4 bytes of
 // quants, elements 4p..4p+3 and 4p+16..4p+19; the other types' parts are
@@ -157,7 +70,7 @@ uint deq8_elem(uint p, uint i)
 }
 
 // Part p (< 4) of unit u of the row at byte `row` of a quantized type:
-// w[i] = element deq8_elem(p, i) of the unit, the same value deq32 gives.
+// w[i] = element deq8_elem(p, i) of the unit (deq32 is its four parts).
 // A unit's four parts read disjoint quant bytes, so four invocations can
 // share a unit, each reading only its own 4-8 bytes of quants.
 void deq8(uint row, uint u, uint p, out float w[8])
@@ -219,3 +132,36 @@ void deq8(uint row, uint u, uint p, out float w[8])
         }
     }
 }
+
+// Elements 32u .. 32u+cnt-1 of the row starting at byte `row` into w
+// (cnt < 32 only for the plain types' last unit). A quantized type's unit
+// is deq8's four parts. Every loop over w has constant bounds and is
+// unrolled, so w stays in registers (a dynamically indexed array goes to
+// scratch memory, which lavapipe makes ~100x slower).
+void deq32(uint row, uint u, uint cnt, out float w[32])
+{
+    [[unroll]] for (uint e = 0u; e < 32u; e++)
+        w[e] = 0.0;
+    if (WTYPE == T_F32) {
+        uint b = (row >> 2) + 32u * u;
+        [[unroll]] for (uint e = 0u; e < 32u; e++)
+            if (e < cnt)
+                w[e] = uintBitsToFloat(wq[b + e]);
+    } else if (WTYPE == T_F16 || WTYPE == T_BF16) {
+        uint b = row + 64u * u;
+        [[unroll]] for (uint e = 0u; e < 32u; e++) {
+            if (e < cnt) {
+                uint h = ld_u16(b + 2u * e);
+                w[e] = WTYPE == T_F16 ? h2f(h) : uintBitsToFloat(h << 16);
+            }
+        }
+    } else {
+        [[unroll]] for (uint p = 0u; p < 4u; p++) {
+            float w8[8];
+            deq8(row, u, p, w8);
+            [[unroll]] for (uint i = 0u; i < 8u; i++)
+                w[deq8_elem(p, i)] = w8[i];
+        }
+    }
+}
+

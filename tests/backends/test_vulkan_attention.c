@@ -36,34 +36,6 @@ static side vk_shared; /* DUET_VK_ATTENTION=split-shared; NULL device when the s
 
 enum { PART = 256 }; /* the shaders' partition */
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint32_t rand32(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-static float frand(void) { return (float)(rand32() >> 8) / (float)(1 << 24) * 2.0f - 1.0f; }
-
-static duet_buffer *mk(side *x, const void *src, size_t n)
-{
-    duet_buffer *b = NULL;
-    assert_int_equal(duet_dev_buffer_alloc(x->d, n, &b), DUET_OK);
-    float *fill = NULL;
-    if (!src) {
-        fill = malloc(n + 4);
-        for (size_t i = 0; i < n / 4 + 1; i++)
-            fill[i] = NAN;
-        src = fill;
-    }
-    assert_int_equal(duet_dev_buffer_write(x->d, (duet_addr){b, 0}, src, n), DUET_OK);
-    free(fill);
-    return b;
-}
-
-static duet_addr at(duet_buffer *b) { return (duet_addr){b, 0}; }
-
 /* One attention batch: shapes, metadata and contents (host side). */
 typedef struct batch {
     int n_seqs, n_heads, n_kv_heads, head_dim, block_size, num_blocks, max_blocks;
@@ -105,7 +77,7 @@ static batch make_batch(int n_seqs, const int *q_lens, const int *seq_lens, int 
     for (int i = 0; i < b.num_blocks; i++)
         perm[i] = i;
     for (int i = b.num_blocks - 1; i > 1; i--) {
-        int j = 1 + (int)(rand32() % (uint32_t)i);
+        int j = 1 + (int)(vk_rand32() % (uint32_t)i);
         int32_t tmp = perm[i];
         perm[i] = perm[j];
         perm[j] = tmp;
@@ -121,12 +93,12 @@ static batch make_batch(int n_seqs, const int *q_lens, const int *seq_lens, int 
     size_t nq = out_floats(&b);
     b.q = malloc(4 * nq);
     for (size_t i = 0; i < nq; i++)
-        b.q[i] = frand() * 8.0f;
+        b.q[i] = vk_frand() * 8.0f;
     size_t nc = (size_t)b.num_blocks * b.block_size * n_kv_heads * head_dim;
     b.kc = malloc(cache_bytes(&b));
     b.vc = malloc(cache_bytes(&b));
     for (size_t i = 0; i < nc; i++) {
-        float k = frand(), v = frand();
+        float k = vk_frand(), v = vk_frand();
         if (ct == DUET_F16) {
             ((uint16_t *)b.kc)[i] = duet_f32_to_f16(k);
             ((uint16_t *)b.vc)[i] = duet_f32_to_f16(v);
@@ -148,46 +120,27 @@ static void free_batch(batch *b)
 static void run(side *x, const batch *b, float *out, int *commands)
 {
     size_t qn = 4 * out_floats(b), cb = cache_bytes(b);
-    duet_buffer *bq = mk(x, b->q, qn), *bk = mk(x, b->kc, cb), *bv = mk(x, b->vc, cb);
-    duet_buffer *bt = mk(x, b->tables, 4ull * b->n_seqs * b->max_blocks);
-    duet_buffer *bl = mk(x, b->lens, 4ull * b->n_seqs);
-    duet_buffer *bs = mk(x, b->qsl, 4ull * (b->n_seqs + 1)), *bo = mk(x, NULL, qn);
+    duet_buffer *bq = vk_buffer(x, b->q, qn), *bk = vk_buffer(x, b->kc, cb),
+                *bv = vk_buffer(x, b->vc, cb);
+    duet_buffer *bt = vk_buffer(x, b->tables, 4ull * b->n_seqs * b->max_blocks);
+    duet_buffer *bl = vk_buffer(x, b->lens, 4ull * b->n_seqs);
+    duet_buffer *bs = vk_buffer(x, b->qsl, 4ull * (b->n_seqs + 1)), *bo = vk_buffer(x, NULL, qn);
     assert_int_equal(duet_dev_stream_begin(x->d, x->s), DUET_OK);
-    duet_attention_args a = {at(bq), at(bk), at(bv), at(bt), at(bl), at(bs), at(bo),
-                             b->cache_type, b->n_tokens, b->n_seqs, b->n_heads, b->n_kv_heads,
-                             b->head_dim, b->num_blocks, b->block_size, b->max_blocks,
+    duet_attention_args a = {vk_at(bq), vk_at(bk), vk_at(bv), vk_at(bt), vk_at(bl),
+                             vk_at(bs), vk_at(bo), b->cache_type, b->n_tokens, b->n_seqs,
+                             b->n_heads, b->n_kv_heads, b->head_dim, b->num_blocks,
+                             b->block_size, b->max_blocks,
                              1.0f / sqrtf((float)b->head_dim)};
     assert_int_equal(duet_dev_attention(x->d, x->s, &a), DUET_OK);
     if (commands)
         *commands = x->s->n_commands;
     memset(out, 0xff, qn);
-    assert_int_equal(duet_dev_download(x->d, x->s, at(bo), out, qn), DUET_OK);
+    assert_int_equal(duet_dev_download(x->d, x->s, vk_at(bo), out, qn), DUET_OK);
     assert_int_equal(duet_dev_stream_submit(x->d, x->s), DUET_OK);
     assert_int_equal(duet_dev_stream_wait(x->d, x->s), DUET_OK);
     duet_buffer *all[] = {bq, bk, bv, bt, bl, bs, bo};
     for (int i = 0; i < 7; i++)
         duet_dev_buffer_free(x->d, all[i]);
-}
-
-/* NaN exactly where the reference has NaN, NMSE over the rest <= limit. */
-static void assert_match(const char *what, const float *got, const float *want, size_t n,
-                         double limit)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(want[i]) != isnan(got[i]) || (!isnan(want[i]) && !isfinite(got[i])))
-            fail_msg("%s: element %zu of %zu is %g, the CPU has %g", what, i, n, got[i], want[i]);
-        if (isnan(want[i]))
-            continue;
-        double e = (double)got[i] - want[i];
-        num += e * e;
-        den += (double)want[i] * want[i];
-    }
-    double nmse = den > 0 ? num / den : num;
-    if (getenv("DUET_TEST_VERBOSE"))
-        fprintf(stderr, "  %-60s NMSE %.3g\n", what, nmse);
-    if (!(nmse <= limit))
-        fail_msg("%s: NMSE %.3g exceeds %.3g over %zu elements", what, nmse, limit, n);
 }
 
 static int split_mode(const side *x) { return ((const vk_ctx *)x->d->ctx)->caps.split_attention; }
@@ -212,7 +165,7 @@ static int check_batch(const char *what, const batch *b)
         snprintf(msg, sizeof msg, "%s [%s] H=%d Hkv=%d D=%d %s", what,
                  split_mode(variant(v)) == 2 ? "subgroup" : "shared", b->n_heads, b->n_kv_heads,
                  b->head_dim, b->cache_type == DUET_F16 ? "F16" : "F32");
-        assert_match(msg, got, want, n, 5e-4);
+        vk_assert_match(msg, got, want, n, 5e-4);
         int multi = b->max_blocks * b->block_size > PART;
         if (multi ? commands < 2 || commands % 2 : commands != 1)
             fail_msg("%s: %d commands recorded; the split path records %s", msg, commands,

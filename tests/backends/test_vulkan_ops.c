@@ -32,42 +32,17 @@ static side cpu, vk;
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-static uint32_t rand32(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-static float frand(void) { return (float)(rand32() >> 8) / (float)(1 << 24) * 2.0f - 1.0f; }
 
 static float *frand_array(size_t n, float scale)
 {
     float *x = malloc(n * sizeof *x);
     for (size_t i = 0; i < n; i++)
-        x[i] = frand() * scale;
+        x[i] = vk_frand() * scale;
     return x;
 }
 
 /* A buffer on side x holding src, or n bytes of NaN when src is NULL. */
-static duet_buffer *mk(side *x, const void *src, size_t n)
-{
-    duet_buffer *b = NULL;
-    assert_int_equal(duet_dev_buffer_alloc(x->d, n, &b), DUET_OK);
-    void *fill = NULL;
-    if (!src) {
-        fill = malloc(n + 4);
-        for (size_t i = 0; i < n / 4 + 1; i++)
-            ((float *)fill)[i] = NAN;
-        src = fill;
-    }
-    assert_int_equal(duet_dev_buffer_write(x->d, (duet_addr){b, 0}, src, n), DUET_OK);
-    free(fill);
-    return b;
-}
 
-static duet_addr at(duet_buffer *b) { return (duet_addr){b, 0}; }
 static duet_addr none(void) { return (duet_addr){NULL, 0}; }
 
 static void begin(side *x) { assert_int_equal(duet_dev_stream_begin(x->d, x->s), DUET_OK); }
@@ -76,7 +51,7 @@ static void begin(side *x) { assert_int_equal(duet_dev_stream_begin(x->d, x->s),
 static void finish(side *x, duet_buffer *b, void *dst, size_t n)
 {
     memset(dst, 0xff, n);
-    assert_int_equal(duet_dev_download(x->d, x->s, at(b), dst, n), DUET_OK);
+    assert_int_equal(duet_dev_download(x->d, x->s, vk_at(b), dst, n), DUET_OK);
     assert_int_equal(duet_dev_stream_submit(x->d, x->s), DUET_OK);
     assert_int_equal(duet_dev_stream_wait(x->d, x->s), DUET_OK);
 }
@@ -85,35 +60,6 @@ static void free_bufs(side *x, duet_buffer **b, int n)
 {
     for (int i = 0; i < n; i++)
         duet_dev_buffer_free(x->d, b[i]);
-}
-
-/* NaN where the reference has NaN, finite where it is finite, and NMSE
- * over the finite elements within limit. */
-static void assert_match(const char *what, const float *got, const float *want, size_t n,
-                         double limit)
-{
-    double num = 0.0, den = 0.0, worst = 0.0;
-    size_t worst_at = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(want[i]) != isnan(got[i]) || (!isnan(want[i]) && !isfinite(got[i])))
-            fail_msg("%s: element %zu of %zu is %g, the CPU has %g", what, i, n, got[i], want[i]);
-        if (isnan(want[i]))
-            continue;
-        double e = (double)got[i] - want[i];
-        if (fabs(e) > worst) {
-            worst = fabs(e);
-            worst_at = i;
-        }
-        num += e * e;
-        den += (double)want[i] * want[i];
-    }
-    double nmse = den > 0 ? num / den : num;
-    if (getenv("DUET_TEST_VERBOSE"))
-        fprintf(stderr, "  %-48s NMSE %.3g (limit %.0e)\n", what, nmse, limit);
-    if (!(nmse <= limit))
-        fail_msg("%s: NMSE %.3g exceeds %.3g over %zu elements (worst: element %zu, %.9g vs "
-                 "%.9g)",
-                 what, nmse, limit, n, worst_at, got[worst_at], want[worst_at]);
 }
 
 /* Bit-identical, NaNs compared as NaN. */
@@ -155,33 +101,33 @@ static uint8_t *random_weights(duet_dtype t, int rows, int k, size_t *bytes)
     *bytes = rb * rows;
     uint8_t *w = malloc(*bytes);
     for (size_t i = 0; i < *bytes; i++)
-        w[i] = (uint8_t)rand32();
+        w[i] = (uint8_t)vk_rand32();
     const duet_dtype_info *info = duet_dtype_get(t);
     size_t n_blocks = *bytes / info->block_bytes;
     for (size_t i = 0; i < n_blocks; i++) {
         uint8_t *b = w + i * info->block_bytes;
         switch (t) {
         case DUET_F32: {
-            float v = frand();
+            float v = vk_frand();
             memcpy(b, &v, 4);
             break;
         }
-        case DUET_F16: put_half(b, frand()); break;
+        case DUET_F16: put_half(b, vk_frand()); break;
         case DUET_BF16: {
-            uint16_t h = duet_f32_to_bf16(frand());
+            uint16_t h = duet_f32_to_bf16(vk_frand());
             b[0] = (uint8_t)h;
             b[1] = (uint8_t)(h >> 8);
             break;
         }
         case DUET_Q4_0:
-        case DUET_Q8_0: put_half(b, frand() * 0.05f); break;
+        case DUET_Q8_0: put_half(b, vk_frand() * 0.05f); break;
         case DUET_Q4_1:
         case DUET_Q4_K:
         case DUET_Q5_K:
-            put_half(b, frand() * 0.05f);
-            put_half(b + 2, frand() * 0.05f);
+            put_half(b, vk_frand() * 0.05f);
+            put_half(b + 2, vk_frand() * 0.05f);
             break;
-        case DUET_Q6_K: put_half(b + 208, frand() * 0.01f); break;
+        case DUET_Q6_K: put_half(b + 208, vk_frand() * 0.01f); break;
         default: fail_msg("no generator for type %d", (int)t);
         }
     }
@@ -192,9 +138,9 @@ static uint8_t *random_weights(duet_dtype t, int rows, int k, size_t *bytes)
 
 static void run_add(side *x, const float *a, const float *b, int64_t n, float *out)
 {
-    duet_buffer *ba = mk(x, a, 4 * n), *bb = mk(x, b, 4 * n);
+    duet_buffer *ba = vk_buffer(x, a, 4 * n), *bb = vk_buffer(x, b, 4 * n);
     begin(x);
-    duet_add_args args = {at(ba), at(bb), n};
+    duet_add_args args = {vk_at(ba), vk_at(bb), n};
     assert_int_equal(duet_dev_add(x->d, x->s, &args), DUET_OK);
     finish(x, ba, out, 4 * n);
     duet_buffer *all[] = {ba, bb};
@@ -221,9 +167,10 @@ static void run_swiglu(side *x, const float *g, const float *u, int rows, int di
                        float *out)
 {
     size_t n = 4ull * rows * dim;
-    duet_buffer *bg = mk(x, g, n), *bu = mk(x, u, n), *bo = alias ? bg : mk(x, NULL, n);
+    duet_buffer *bg = vk_buffer(x, g, n), *bu = vk_buffer(x, u, n),
+                *bo = alias ? bg : vk_buffer(x, NULL, n);
     begin(x);
-    duet_swiglu_args args = {at(bg), at(bu), at(bo), rows, dim};
+    duet_swiglu_args args = {vk_at(bg), vk_at(bu), vk_at(bo), rows, dim};
     assert_int_equal(duet_dev_swiglu(x->d, x->s, &args), DUET_OK);
     finish(x, bo, out, n);
     duet_buffer *all[] = {bg, bu, bo};
@@ -240,7 +187,7 @@ static void test_swiglu(void **state)
         float *want = malloc(4 * n), *got = malloc(4 * n);
         run_swiglu(&cpu, g, u, rows, dim, alias, want);
         run_swiglu(&vk, g, u, rows, dim, alias, got);
-        assert_match("swiglu", got, want, n, 1e-7);
+        vk_assert_match("swiglu", got, want, n, 1e-7);
         free(g), free(u), free(want), free(got);
     }
     check_validation();
@@ -250,10 +197,10 @@ static void run_rms_norm(side *x, const float *in, const float *w, int rows, int
                          float *out)
 {
     size_t n = 4ull * rows * dim;
-    duet_buffer *bx = mk(x, in, n), *bw = mk(x, w, 4ull * dim);
-    duet_buffer *bo = alias ? bx : mk(x, NULL, n);
+    duet_buffer *bx = vk_buffer(x, in, n), *bw = vk_buffer(x, w, 4ull * dim);
+    duet_buffer *bo = alias ? bx : vk_buffer(x, NULL, n);
     begin(x);
-    duet_rms_norm_args args = {at(bx), at(bw), at(bo), rows, dim, 1e-5f};
+    duet_rms_norm_args args = {vk_at(bx), vk_at(bw), vk_at(bo), rows, dim, 1e-5f};
     assert_int_equal(duet_dev_rms_norm(x->d, x->s, &args), DUET_OK);
     finish(x, bo, out, n);
     duet_buffer *all[] = {bx, bw, bo};
@@ -271,7 +218,7 @@ static void test_rms_norm(void **state)
         float *want = malloc(4 * n), *got = malloc(4 * n);
         run_rms_norm(&cpu, xin, w, rows, dim, (int)(i & 1), want);
         run_rms_norm(&vk, xin, w, rows, dim, (int)(i & 1), got);
-        assert_match("rms_norm", got, want, n, 1e-7);
+        vk_assert_match("rms_norm", got, want, n, 1e-7);
         free(xin), free(w), free(want), free(got);
     }
     check_validation();
@@ -280,10 +227,10 @@ static void test_rms_norm(void **state)
 static void run_gather(side *x, const float *in, int n_in, const int32_t *rows, int n_out,
                        int dim, float *out)
 {
-    duet_buffer *bx = mk(x, in, 4ull * n_in * dim), *br = mk(x, rows, 4ull * n_out);
-    duet_buffer *bo = mk(x, NULL, 4ull * n_out * dim);
+    duet_buffer *bx = vk_buffer(x, in, 4ull * n_in * dim), *br = vk_buffer(x, rows, 4ull * n_out);
+    duet_buffer *bo = vk_buffer(x, NULL, 4ull * n_out * dim);
     begin(x);
-    duet_gather_rows_args args = {at(bx), at(br), at(bo), n_in, n_out, dim};
+    duet_gather_rows_args args = {vk_at(bx), vk_at(br), vk_at(bo), n_in, n_out, dim};
     assert_int_equal(duet_dev_gather_rows(x->d, x->s, &args), DUET_OK);
     finish(x, bo, out, 4ull * n_out * dim);
     duet_buffer *all[] = {bx, br, bo};
@@ -313,12 +260,12 @@ static void run_embed_prev(side *x, duet_dtype t, const void *table, size_t tbyt
                            int dim, const int32_t *ids, int n_tokens, const int32_t *prev,
                            int n_prev, float *out)
 {
-    duet_buffer *bt = mk(x, table, tbytes), *bi = mk(x, ids, 4ull * n_tokens);
-    duet_buffer *bo = mk(x, NULL, 4ull * n_tokens * dim);
-    duet_buffer *bp = prev ? mk(x, prev, 4ull * n_prev) : NULL;
+    duet_buffer *bt = vk_buffer(x, table, tbytes), *bi = vk_buffer(x, ids, 4ull * n_tokens);
+    duet_buffer *bo = vk_buffer(x, NULL, 4ull * n_tokens * dim);
+    duet_buffer *bp = prev ? vk_buffer(x, prev, 4ull * n_prev) : NULL;
     begin(x);
-    duet_embed_args args = {.ids = at(bi), .table = at(bt), .out = at(bo),
-                            .prev_tokens = bp ? at(bp) : none(), .table_type = t,
+    duet_embed_args args = {.ids = vk_at(bi), .table = vk_at(bt), .out = vk_at(bo),
+                            .prev_tokens = bp ? vk_at(bp) : none(), .table_type = t,
                             .n_tokens = n_tokens, .vocab = vocab, .dim = dim,
                             .n_prev = bp ? n_prev : 0};
     assert_int_equal(duet_dev_embed(x->d, x->s, &args), DUET_OK);
@@ -382,12 +329,13 @@ static void run_matmul_shifted(side *x, duet_dtype t, const void *w, size_t wbyt
 {
     unsigned char *xs = calloc(1, x_shift + 4ull * m * k);
     memcpy(xs + x_shift, in, 4ull * m * k);
-    duet_buffer *bw = mk(x, w, wbytes), *bx = mk(x, xs, x_shift + 4ull * m * k);
+    duet_buffer *bw = vk_buffer(x, w, wbytes), *bx = vk_buffer(x, xs, x_shift + 4ull * m * k);
     free(xs);
-    duet_buffer *bb = bias ? mk(x, bias, 4ull * n) : NULL;
-    duet_buffer *bo = mk(x, NULL, 4ull * m * n);
+    duet_buffer *bb = bias ? vk_buffer(x, bias, 4ull * n) : NULL;
+    duet_buffer *bo = vk_buffer(x, NULL, 4ull * m * n);
     begin(x);
-    duet_matmul_args args = {{bx, x_shift}, at(bw), bb ? at(bb) : none(), at(bo), t, m, k, n};
+    duet_matmul_args args = {
+        {bx, x_shift}, vk_at(bw), bb ? vk_at(bb) : none(), vk_at(bo), t, m, k, n};
     assert_int_equal(duet_dev_matmul(x->d, x->s, &args), DUET_OK);
     finish(x, bo, out, 4ull * m * n);
     duet_buffer *all[] = {bw, bx, bo, bb};
@@ -426,7 +374,7 @@ static void matmul_case(duet_dtype t, int m, int k, int n, int with_bias)
     char what[96];
     snprintf(what, sizeof what, "matmul %s m=%d k=%d n=%d%s", duet_dtype_get(t)->name, m, k, n,
              with_bias ? " +bias" : "");
-    assert_match(what, got, want, (size_t)m * n, 5e-4);
+    vk_assert_match(what, got, want, (size_t)m * n, 5e-4);
     free(w), free(in), free(bias), free(want), free(got);
 }
 
@@ -554,7 +502,7 @@ static void big_table_cases(const uint16_t *table, size_t bytes, int dim, int vo
     run_matmul(&cpu, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, want);
     run_matmul(&vk, DUET_F16, table, bytes, in, NULL, 1, dim, vocab, got);
     snprintf(what, sizeof what, "matmul F16 %s", label);
-    assert_match(what, got, want, vocab, 5e-4);
+    vk_assert_match(what, got, want, vocab, 5e-4);
     free(in), free(want), free(got);
 }
 
@@ -567,7 +515,7 @@ static void test_big_weight(void **state)
     size_t bytes = 2ull * dim * vocab;
     uint16_t *table = malloc(bytes);
     for (size_t i = 0; i < bytes / 2; i++)
-        table[i] = duet_f32_to_f16(frand());
+        table[i] = duet_f32_to_f16(vk_frand());
     int32_t ids[] = {vocab - 1, 17000, 3, 16384};
     big_table_cases(table, bytes, dim, vocab, ids, 4, "160 MiB");
     free(table);
@@ -594,19 +542,19 @@ static void test_big_weight_chunked(void **state)
 
     uint16_t *table = malloc(bytes);
     for (size_t i = 0; i < bytes / 2; i++)
-        table[i] = duet_f32_to_f16(frand());
+        table[i] = duet_f32_to_f16(vk_frand());
     int32_t ids[] = {vocab - 1, 17000, 3, 16383, 16384, 8192};
     big_table_cases(table, bytes, dim, vocab, ids, 6, "160 MiB, two chunks");
 
     /* Every byte back, synchronously and through a stream download. */
-    duet_buffer *b = mk(&vk, table, bytes);
+    duet_buffer *b = vk_buffer(&vk, table, bytes);
     assert_int_equal(b->n_chunks, 2);
     unsigned char *back = malloc(bytes);
-    assert_int_equal(duet_dev_buffer_read(vk.d, at(b), back, bytes), DUET_OK);
+    assert_int_equal(duet_dev_buffer_read(vk.d, vk_at(b), back, bytes), DUET_OK);
     assert_memory_equal(back, table, bytes);
     begin(&vk);
     memset(back, 0, bytes);
-    assert_int_equal(duet_dev_download(vk.d, vk.s, at(b), back, bytes), DUET_OK);
+    assert_int_equal(duet_dev_download(vk.d, vk.s, vk_at(b), back, bytes), DUET_OK);
     assert_int_equal(duet_dev_stream_submit(vk.d, vk.s), DUET_OK);
     assert_int_equal(duet_dev_stream_wait(vk.d, vk.s), DUET_OK);
     assert_memory_equal(back, table, bytes);
@@ -624,13 +572,14 @@ static void run_rope(side *x, float *q, float *k, const int32_t *pos, const floa
                      int nh, int nkv, int hd, int rot, duet_rope_mode mode)
 {
     size_t qn = 4ull * t * nh * hd, kn = 4ull * t * nkv * hd;
-    duet_buffer *bq = mk(x, q, qn), *bk = mk(x, k, kn), *bp = mk(x, pos, 4ull * t);
-    duet_buffer *bf = ff ? mk(x, ff, 4ull * (rot / 2)) : NULL;
+    duet_buffer *bq = vk_buffer(x, q, qn), *bk = vk_buffer(x, k, kn),
+                *bp = vk_buffer(x, pos, 4ull * t);
+    duet_buffer *bf = ff ? vk_buffer(x, ff, 4ull * (rot / 2)) : NULL;
     begin(x);
-    duet_rope_args a = {at(bq), at(bk), at(bp), bf ? at(bf) : none(), t, nh, nkv, hd, rot, mode,
-                        500000.0f};
+    duet_rope_args a = {vk_at(bq), vk_at(bk), vk_at(bp), bf ? vk_at(bf) : none(),
+                        t, nh, nkv, hd, rot, mode, 500000.0f};
     assert_int_equal(duet_dev_rope(x->d, x->s, &a), DUET_OK);
-    assert_int_equal(duet_dev_download(x->d, x->s, at(bk), k, kn), DUET_OK);
+    assert_int_equal(duet_dev_download(x->d, x->s, vk_at(bk), k, kn), DUET_OK);
     finish(x, bq, q, qn);
     duet_buffer *all[] = {bq, bk, bp, bf};
     free_bufs(x, all, bf ? 4 : 3);
@@ -659,8 +608,8 @@ static void test_rope(void **state)
         run_rope(&vk, q2, k2, pos, ff, t, nh, nkv, hd, rot, mode);
         char what[64];
         snprintf(what, sizeof what, "rope q variant %d", variant);
-        assert_match(what, q2, q, qn, 1e-7);
-        assert_match("rope k", k2, k, kn, 1e-7);
+        vk_assert_match(what, q2, q, qn, 1e-7);
+        vk_assert_match("rope k", k2, k, kn, 1e-7);
         free(q), free(k), free(q2), free(k2), free(ff);
     }
     check_validation();
@@ -673,12 +622,14 @@ static void run_kv_write(side *x, duet_dtype ct, const float *k, const float *v,
                          const void *cache0, void *kc_out, void *vc_out)
 {
     size_t row = 4ull * nkv * hd, cb = (ct == DUET_F16 ? 2ull : 4ull) * nb * bs * nkv * hd;
-    duet_buffer *bk = mk(x, k, row * t), *bv = mk(x, v, row * t), *bs_ = mk(x, slots, 4ull * t);
-    duet_buffer *bkc = mk(x, cache0, cb), *bvc = mk(x, cache0, cb);
+    duet_buffer *bk = vk_buffer(x, k, row * t), *bv = vk_buffer(x, v, row * t),
+                *bs_ = vk_buffer(x, slots, 4ull * t);
+    duet_buffer *bkc = vk_buffer(x, cache0, cb), *bvc = vk_buffer(x, cache0, cb);
     begin(x);
-    duet_kv_write_args a = {at(bk), at(bv), at(bs_), at(bkc), at(bvc), ct, t, nkv, hd, nb, bs};
+    duet_kv_write_args a = {vk_at(bk), vk_at(bv), vk_at(bs_), vk_at(bkc), vk_at(bvc),
+                            ct, t, nkv, hd, nb, bs};
     assert_int_equal(duet_dev_kv_write(x->d, x->s, &a), DUET_OK);
-    assert_int_equal(duet_dev_download(x->d, x->s, at(bkc), kc_out, cb), DUET_OK);
+    assert_int_equal(duet_dev_download(x->d, x->s, vk_at(bkc), kc_out, cb), DUET_OK);
     finish(x, bvc, vc_out, cb);
     duet_buffer *all[] = {bk, bv, bs_, bkc, bvc};
     free_bufs(x, all, 5);
@@ -695,7 +646,7 @@ static void test_kv_write(void **state)
         float *k = frand_array((size_t)t * nkv * hd, 3), *v = frand_array((size_t)t * nkv * hd, 3);
         uint8_t *cache0 = malloc(cb);
         for (size_t i = 0; i < cb; i++)
-            cache0[i] = (uint8_t)(rand32() & 0x3f); /* finite in both types */
+            cache0[i] = (uint8_t)(vk_rand32() & 0x3f); /* finite in both types */
         uint8_t *kw = malloc(cb), *vw = malloc(cb), *kg = malloc(cb), *vg = malloc(cb);
         run_kv_write(&cpu, ct, k, v, slots, t, nkv, hd, nb, bs, cache0, kw, vw);
         run_kv_write(&vk, ct, k, v, slots, t, nkv, hd, nb, bs, cache0, kg, vg);
@@ -721,14 +672,16 @@ static void run_attention(side *x, const attn_shape *c, const float *q, const vo
     size_t qn = 4ull * t * c->n_heads * c->head_dim;
     size_t cb = (c->cache_type == DUET_F16 ? 2ull : 4ull) * c->num_blocks * c->block_size *
                 c->n_kv_heads * c->head_dim;
-    duet_buffer *bq = mk(x, q, qn), *bk = mk(x, kc, cb), *bv = mk(x, vc, cb);
-    duet_buffer *bt = mk(x, tables, 4ull * c->n_seqs * c->max_blocks);
-    duet_buffer *bl = mk(x, lens, 4ull * c->n_seqs), *bs = mk(x, qsl, 4ull * (c->n_seqs + 1));
-    duet_buffer *bo = mk(x, NULL, qn);
+    duet_buffer *bq = vk_buffer(x, q, qn), *bk = vk_buffer(x, kc, cb), *bv = vk_buffer(x, vc, cb);
+    duet_buffer *bt = vk_buffer(x, tables, 4ull * c->n_seqs * c->max_blocks);
+    duet_buffer *bl = vk_buffer(x, lens, 4ull * c->n_seqs),
+                *bs = vk_buffer(x, qsl, 4ull * (c->n_seqs + 1));
+    duet_buffer *bo = vk_buffer(x, NULL, qn);
     begin(x);
-    duet_attention_args a = {at(bq), at(bk), at(bv), at(bt), at(bl), at(bs), at(bo),
-                             c->cache_type, t, c->n_seqs, c->n_heads, c->n_kv_heads,
-                             c->head_dim, c->num_blocks, c->block_size, c->max_blocks,
+    duet_attention_args a = {vk_at(bq), vk_at(bk), vk_at(bv), vk_at(bt), vk_at(bl),
+                             vk_at(bs), vk_at(bo), c->cache_type, t, c->n_seqs,
+                             c->n_heads, c->n_kv_heads, c->head_dim, c->num_blocks,
+                             c->block_size, c->max_blocks,
                              1.0f / sqrtf((float)c->head_dim)};
     assert_int_equal(duet_dev_attention(x->d, x->s, &a), DUET_OK);
     finish(x, bo, out, qn);
@@ -753,7 +706,7 @@ static void attention_case(const attn_shape *c)
     for (int i = 0; i < c->num_blocks; i++)
         perm[i] = i;
     for (int i = c->num_blocks - 1; i > 1; i--) {
-        int j = 1 + (int)(rand32() % (uint32_t)i);
+        int j = 1 + (int)(vk_rand32() % (uint32_t)i);
         int32_t tmp = perm[i];
         perm[i] = perm[j];
         perm[j] = tmp;
@@ -788,7 +741,7 @@ static void attention_case(const attn_shape *c)
     char what[96];
     snprintf(what, sizeof what, "attention H=%d Hkv=%d D=%d %s corrupt=%d", c->n_heads,
              c->n_kv_heads, c->head_dim, c->cache_type == DUET_F16 ? "F16" : "F32", c->corrupt);
-    assert_match(what, got, want, qn, 5e-4);
+    vk_assert_match(what, got, want, qn, 5e-4);
     if (kc != kf)
         free(kc), free(vc);
     free(kf), free(vf), free(q), free(want), free(got), free(qsl), free(lens), free(tables);
@@ -822,20 +775,21 @@ static void test_attention(void **state)
 static void run_chain(side *x, const float *h0, const float *nw, const void *w, size_t wbytes,
                       int rows, int dim, int n, float *out)
 {
-    duet_buffer *bh = mk(x, NULL, 4ull * rows * dim), *bn = mk(x, nw, 4ull * dim);
-    duet_buffer *bw = mk(x, w, wbytes), *bx = mk(x, NULL, 4ull * rows * dim);
-    duet_buffer *by = mk(x, NULL, 4ull * rows * n), *bz = mk(x, NULL, 4ull * rows * n);
+    duet_buffer *bh = vk_buffer(x, NULL, 4ull * rows * dim), *bn = vk_buffer(x, nw, 4ull * dim);
+    duet_buffer *bw = vk_buffer(x, w, wbytes), *bx = vk_buffer(x, NULL, 4ull * rows * dim);
+    duet_buffer *by = vk_buffer(x, NULL, 4ull * rows * n),
+                *bz = vk_buffer(x, NULL, 4ull * rows * n);
     float *staging = malloc(4ull * rows * dim);
     memcpy(staging, h0, 4ull * rows * dim);
     begin(x);
-    assert_int_equal(duet_dev_upload(x->d, x->s, at(bh), staging, 4ull * rows * dim), DUET_OK);
+    assert_int_equal(duet_dev_upload(x->d, x->s, vk_at(bh), staging, 4ull * rows * dim), DUET_OK);
     for (int i = 0; i < rows * dim; i++)
         staging[i] = 1e30f; /* must not reach the device */
-    duet_rms_norm_args rn = {at(bh), at(bn), at(bx), rows, dim, 1e-6f};
-    duet_matmul_args mm = {at(bx), at(bw), none(), at(by), DUET_Q8_0, rows, dim, n};
-    duet_matmul_args mm2 = {at(bx), at(bw), none(), at(bz), DUET_Q8_0, rows, dim, n};
-    duet_swiglu_args sw = {at(by), at(bz), at(by), rows, n};
-    duet_add_args ad = {at(by), at(bz), (int64_t)rows * n};
+    duet_rms_norm_args rn = {vk_at(bh), vk_at(bn), vk_at(bx), rows, dim, 1e-6f};
+    duet_matmul_args mm = {vk_at(bx), vk_at(bw), none(), vk_at(by), DUET_Q8_0, rows, dim, n};
+    duet_matmul_args mm2 = {vk_at(bx), vk_at(bw), none(), vk_at(bz), DUET_Q8_0, rows, dim, n};
+    duet_swiglu_args sw = {vk_at(by), vk_at(bz), vk_at(by), rows, n};
+    duet_add_args ad = {vk_at(by), vk_at(bz), (int64_t)rows * n};
     assert_int_equal(duet_dev_rms_norm(x->d, x->s, &rn), DUET_OK);
     assert_int_equal(duet_dev_matmul(x->d, x->s, &mm), DUET_OK);
     assert_int_equal(duet_dev_matmul(x->d, x->s, &mm2), DUET_OK);
@@ -857,7 +811,7 @@ static void test_chain_one_recording(void **state)
     float *want = malloc(4ull * rows * n), *got = malloc(4ull * rows * n);
     run_chain(&cpu, h0, nw, w, bytes, rows, dim, n, want);
     run_chain(&vk, h0, nw, w, bytes, rows, dim, n, got);
-    assert_match("chain", got, want, (size_t)rows * n, 5e-4);
+    vk_assert_match("chain", got, want, (size_t)rows * n, 5e-4);
     free(w), free(h0), free(nw), free(want), free(got);
     check_validation();
 }

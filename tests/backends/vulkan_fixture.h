@@ -8,6 +8,8 @@
 #ifndef DUET_TEST_VULKAN_FIXTURE_H
 #define DUET_TEST_VULKAN_FIXTURE_H
 
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -95,6 +97,70 @@ static inline duet_buffer *vk_fixture_filled(duet_device *d, size_t n, float val
     assert_int_equal(duet_dev_buffer_write(d, (duet_addr){b, 0}, x, n * sizeof(float)), DUET_OK);
     free(x);
     return b;
+}
+
+/* A xorshift stream for test data: uniform 32-bit words, floats in [-1, 1). */
+static uint64_t vk_fixture_rng = 0x2545f4914f6cdd1dull;
+static inline uint32_t vk_rand32(void)
+{
+    vk_fixture_rng ^= vk_fixture_rng << 13;
+    vk_fixture_rng ^= vk_fixture_rng >> 7;
+    vk_fixture_rng ^= vk_fixture_rng << 17;
+    return (uint32_t)(vk_fixture_rng >> 32);
+}
+static inline float vk_frand(void)
+{
+    return (float)(vk_rand32() >> 8) / (float)(1 << 24) * 2.0f - 1.0f;
+}
+
+static inline duet_addr vk_at(duet_buffer *b) { return (duet_addr){b, 0}; }
+
+/* A buffer of n bytes on x holding src, or NaN everywhere when src is NULL
+ * (so an output element left unwritten shows). */
+static inline duet_buffer *vk_buffer(side *x, const void *src, size_t n)
+{
+    duet_buffer *b = NULL;
+    assert_int_equal(duet_dev_buffer_alloc(x->d, n, &b), DUET_OK);
+    float *fill = NULL;
+    if (!src) {
+        fill = malloc(n + 4);
+        assert_non_null(fill);
+        for (size_t i = 0; i < n / 4 + 1; i++)
+            fill[i] = NAN;
+        src = fill;
+    }
+    assert_int_equal(duet_dev_buffer_write(x->d, vk_at(b), src, n), DUET_OK);
+    free(fill);
+    return b;
+}
+
+/* NaN exactly where the reference has NaN, finite where it is finite, and
+ * NMSE over the finite elements within limit. */
+static inline void vk_assert_match(const char *what, const float *got, const float *want,
+                                   size_t n, double limit)
+{
+    double num = 0.0, den = 0.0, worst = 0.0;
+    size_t worst_at = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(want[i]) != isnan(got[i]) || (!isnan(want[i]) && !isfinite(got[i])))
+            fail_msg("%s: element %zu of %zu is %g, the CPU has %g", what, i, n, got[i], want[i]);
+        if (isnan(want[i]))
+            continue;
+        double e = (double)got[i] - want[i];
+        if (fabs(e) > worst) {
+            worst = fabs(e);
+            worst_at = i;
+        }
+        num += e * e;
+        den += (double)want[i] * want[i];
+    }
+    double nmse = den > 0 ? num / den : num;
+    if (getenv("DUET_TEST_VERBOSE"))
+        fprintf(stderr, "  %-60s NMSE %.3g (limit %.0e)\n", what, nmse, limit);
+    if (!(nmse <= limit))
+        fail_msg("%s: NMSE %.3g exceeds %.3g over %zu elements (worst: element %zu, %.9g vs "
+                 "%.9g)",
+                 what, nmse, limit, n, worst_at, got[worst_at], want[worst_at]);
 }
 
 #endif
