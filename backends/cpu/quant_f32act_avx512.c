@@ -81,12 +81,25 @@ static void dequant_rows(const int nibble, const duet_mm_job *job, int64_t r0, i
     }
 }
 
-/* y for weight rows r0..r0+R-1 x activation rows c0..c0+C-1. The weights
- * come dequantized from wd (pre) or are dequantized here block by block;
- * the FMAs are the same either way. */
-INLINE void tile(const int nibble, const int pre, const int R, const int C,
-                 const duet_mm_job *job, int64_t r0, int64_t c0, const float *sc,
-                 const float *wd)
+/* y = the tile's sums (lanes of acc[r][c] summed) plus the bias. */
+INLINE void store_tile(const int R, const int C, const duet_mm_job *job, int64_t r0, int64_t c0,
+                       __m512 acc[DECODE_R][TILE_C])
+{
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++) {
+            float v = hsum16(acc[r][c]);
+            if (job->bias)
+                v += job->bias[r0 + r];
+            job->y[(c0 + c) * job->n + r0 + r] = v;
+        }
+    }
+}
+
+/* y for weight rows r0..r0+R-1 x activation rows c0..c0+C-1. */
+INLINE void tile(const int nibble, const int R, const int C, const duet_mm_job *job, int64_t r0,
+                 int64_t c0, const float *sc)
 {
     const int64_t k = job->k, nb = k / 32;
     const int bb = duet_dtype_get(job->wt)->block_bytes;
@@ -107,14 +120,45 @@ INLINE void tile(const int nibble, const int pre, const int R, const int C,
     for (int64_t b = 0; b < nb; b++, sc += 2 * DUET_TILE_R_MAX) {
         __m512 w0[DECODE_R], w1[DECODE_R];
 #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            if (pre) {
-                w0[r] = _mm512_loadu_ps(wd + r * k + b * 32);
-                w1[r] = _mm512_loadu_ps(wd + r * k + b * 32 + 16);
-            } else {
-                dequant_block(nibble, wrow[r] + b * bb, sc + r, sc + DUET_TILE_R_MAX + r,
-                              &w0[r], &w1[r]);
+        for (int r = 0; r < R; r++)
+            dequant_block(nibble, wrow[r] + b * bb, sc + r, sc + DUET_TILE_R_MAX + r, &w0[r],
+                          &w1[r]);
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++) {
+            __m512 x0 = _mm512_loadu_ps(xr[c] + b * 32);
+            __m512 x1 = _mm512_loadu_ps(xr[c] + b * 32 + 16);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                acc[r][c] = _mm512_fmadd_ps(w0[r], x0, acc[r][c]);
+                acc[r][c] = _mm512_fmadd_ps(w1[r], x1, acc[r][c]);
             }
+        }
+    }
+    store_tile(R, C, job, r0, c0, acc);
+}
+
+/* tile() over weights dequantized beforehand into wd ([R][k], by
+ * dequant_rows): the same FMAs in the same order, so the same bits. */
+INLINE void tile_pre(const int R, const int C, const duet_mm_job *job, int64_t r0, int64_t c0,
+                     const float *wd)
+{
+    const int64_t k = job->k, nb = k / 32;
+    __m512 acc[DECODE_R][TILE_C];
+    const float *xr[TILE_C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; c++)
+        xr[c] = job->x + (c0 + c) * k;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++)
+            acc[r][c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512 w0[TILE_R], w1[TILE_R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            w0[r] = _mm512_loadu_ps(wd + r * k + b * 32);
+            w1[r] = _mm512_loadu_ps(wd + r * k + b * 32 + 16);
         }
 #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
@@ -127,33 +171,37 @@ INLINE void tile(const int nibble, const int pre, const int R, const int C,
             }
         }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) {
-#pragma GCC unroll 8
-        for (int c = 0; c < C; c++) {
-            float v = hsum16(acc[r][c]);
-            if (job->bias)
-                v += job->bias[r0 + r];
-            job->y[(c0 + c) * job->n + r0 + r] = v;
-        }
+    store_tile(R, C, job, r0, c0, acc);
+}
+
+/* Every (R, C) a region uses: TILE_R x TILE_C tiles and their edges, and
+ * the decode tiles (m = 1) of up to DECODE_R rows. */
+#define TILE_CASES_RC(X)                                                                \
+    X(1, 1) X(1, 2) X(1, 3) X(1, 4) X(1, 5) X(1, 6) X(2, 1) X(2, 2) X(2, 3) X(2, 4)     \
+    X(2, 5) X(2, 6) X(3, 1) X(3, 2) X(3, 3) X(3, 4) X(3, 5) X(3, 6) X(4, 1) X(4, 2)     \
+    X(4, 3) X(4, 4) X(4, 5) X(4, 6)
+#define TILE_CASES(X) TILE_CASES_RC(X) X(5, 1) X(6, 1) X(7, 1) X(8, 1)
+
+static void tile_any(int nibble, int R, int C, const duet_mm_job *job, int64_t r0, int64_t c0,
+                     const float *sc)
+{
+    switch (R * 16 + C * 2 + nibble) {
+#define CASE(r, c)                                                      \
+    case r * 16 + c * 2 + 1: tile(1, r, c, job, r0, c0, sc); break; \
+    case r * 16 + c * 2: tile(0, r, c, job, r0, c0, sc); break;
+        TILE_CASES(CASE)
+#undef CASE
+    default: break;
     }
 }
 
-#define TILE_CASES(X)                                                                   \
-    X(1, 1) X(1, 2) X(1, 3) X(1, 4) X(1, 5) X(1, 6) X(2, 1) X(2, 2) X(2, 3) X(2, 4)     \
-    X(2, 5) X(2, 6) X(3, 1) X(3, 2) X(3, 3) X(3, 4) X(3, 5) X(3, 6) X(4, 1) X(4, 2)     \
-    X(4, 3) X(4, 4) X(4, 5) X(4, 6) X(5, 1) X(6, 1) X(7, 1) X(8, 1)
-
-static void tile_any(int nibble, int pre, int R, int C, const duet_mm_job *job, int64_t r0,
-                     int64_t c0, const float *sc, const float *wd)
+static void tile_pre_any(int R, int C, const duet_mm_job *job, int64_t r0, int64_t c0,
+                         const float *wd)
 {
-    switch ((R * 16 + C * 2 + nibble) * 2 + pre) {
-#define CASE(r, c)                                                                     \
-    case (r * 16 + c * 2 + 1) * 2: tile(1, 0, r, c, job, r0, c0, sc, wd); break;    \
-    case (r * 16 + c * 2) * 2: tile(0, 0, r, c, job, r0, c0, sc, wd); break;        \
-    case (r * 16 + c * 2 + 1) * 2 + 1: tile(1, 1, r, c, job, r0, c0, sc, wd); break; \
-    case (r * 16 + c * 2) * 2 + 1: tile(0, 1, r, c, job, r0, c0, sc, wd); break;
-        TILE_CASES(CASE)
+    switch (R * 16 + C) {
+#define CASE(r, c) \
+    case r * 16 + c: tile_pre(r, c, job, r0, c0, wd); break;
+        TILE_CASES_RC(CASE)
 #undef CASE
     default: break;
     }
@@ -179,7 +227,10 @@ void duet_mm_region_f32act_avx512(const duet_mm_job *job, int64_t r0, int64_t r1
             dequant_rows(nibble, job, r, R, scratch, wd);
         for (int64_t c = c0; c < c1; c += TILE_C) {
             int C = c1 - c < TILE_C ? (int)(c1 - c) : TILE_C;
-            tile_any(nibble, pre, R, C, job, r, c, scratch, wd);
+            if (pre)
+                tile_pre_any(R, C, job, r, c, wd);
+            else
+                tile_any(nibble, R, C, job, r, c, scratch);
         }
     }
 }
