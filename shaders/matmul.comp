@@ -72,8 +72,11 @@ void main()
     }
     uint lid = gl_LocalInvocationID.x;
     uint sub = lid / TPR, t = lid % TPR;
-    uint j = (gl_WorkGroupID.x + gl_WorkGroupID.z * gl_NumWorkGroups.x) * RPW + sub;
-    uint m0 = gl_WorkGroupID.y * MT;
+    // x = groups of MT activation rows (fastest: the workgroups reading one
+    // weight tile run together, so it comes from memory once and from L2
+    // after), y and z = the tile of RPW weight rows, folded.
+    uint j = (gl_WorkGroupID.y + gl_WorkGroupID.z * gl_NumWorkGroups.y) * RPW + sub;
+    uint m0 = gl_WorkGroupID.x * MT;
     float acc[MT];
     [[unroll]] for (uint r = 0u; r < MT; r++)
         acc[r] = 0.0;

@@ -33,7 +33,7 @@ BUF_WO(3, outb)
 void main()
 {
     uint j = vec_row();
-    uint m0 = gl_WorkGroupID.y * MT;
+    uint m0 = vec_m0();
     uint t = gl_LocalInvocationID.x;
     if (j >= pc.n) // uniform over the workgroup: no barrier is skipped unevenly
         return;

@@ -30,7 +30,7 @@ float w16(uint h) { return WTYPE == T_F16 ? h2f(h) : uintBitsToFloat(h << 16); }
 void main()
 {
     uint j = vec_row();
-    uint m0 = gl_WorkGroupID.y * MT;
+    uint m0 = vec_m0();
     uint t = gl_LocalInvocationID.x;
     if (j >= pc.n) // uniform over the workgroup: no barrier is skipped unevenly
         return;

@@ -34,8 +34,13 @@ vec4 x_run4(uint i)
     return uintBitsToFloat(uvec4(x[i], x[i + 1u], x[i + 2u], x[i + 3u]));
 }
 
-// The weight row this workgroup takes (the grid is folded into x and z).
-uint vec_row() { return gl_WorkGroupID.x + gl_WorkGroupID.z * gl_NumWorkGroups.x; }
+// The grid: x = groups of MT activation rows, fastest, so the workgroups
+// that read one weight row run next to each other and all but the first
+// find it in L2 (at batch 64 on an 8B model the FFN weights are larger
+// than L2: with weight rows in x, each of the 8 row groups would stream
+// them from memory again); y and z = the weight row, folded.
+uint vec_row() { return gl_WorkGroupID.y + gl_WorkGroupID.z * gl_NumWorkGroups.y; }
+uint vec_m0() { return gl_WorkGroupID.x * MT; }
 
 // out[m0 + r][j] = the workgroup's sum of acc[r] (+ bias[j]) for r < nr.
 // Every invocation of the workgroup calls it (it holds a barrier).

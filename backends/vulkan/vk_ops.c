@@ -286,12 +286,23 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
             int per_output = c->caps.per_output_matmul;
             vk_shader vsh = vec_kernel(c, a->w_type, a->k, w_res);
             int vec = vsh != VK_SH_COUNT;
-            uint64_t groups = vec          ? nc
-                              : per_output ? ceil_div(ceil_div(mc, MATMUL_MT) * nc, 64)
-                                           : ceil_div(nc, MATMUL_RPW);
-            uint32_t gx = groups < MAX_GROUPS_X ? (uint32_t)groups : MAX_GROUPS_X;
-            uint32_t gz = (uint32_t)ceil_div(groups, gx);
-            uint32_t gy = per_output && !vec ? 1 : (uint32_t)ceil_div(mc, MATMUL_MT);
+            uint32_t gx, gy, gz;
+            if (vec || !per_output) {
+                /* x: groups of MATMUL_MT activation rows, the fastest
+                 * dimension, so the workgroups that read the same weights
+                 * are launched together (one read from memory, the rest
+                 * from L2); y, z: weight rows (vec) or tiles of
+                 * MATMUL_RPW (tiled), folded. */
+                uint64_t wg = vec ? nc : ceil_div(nc, MATMUL_RPW);
+                gx = (uint32_t)ceil_div(mc, MATMUL_MT);
+                gy = wg < MAX_GROUPS_X ? (uint32_t)wg : MAX_GROUPS_X;
+                gz = (uint32_t)ceil_div(wg, gy);
+            } else { /* per-output: one linear index, folded into x and z */
+                uint64_t groups = ceil_div(ceil_div(mc, MATMUL_MT) * nc, 64);
+                gx = groups < MAX_GROUPS_X ? (uint32_t)groups : MAX_GROUPS_X;
+                gy = 1;
+                gz = (uint32_t)ceil_div(groups, gx);
+            }
             if (vec)
                 rc = duet_vk_dispatch(c, s, vsh, (uint32_t)a->w_type, b, 4, &pc, sizeof pc, gx,
                                       gy, gz);
