@@ -97,6 +97,24 @@ INLINE void store_tile(const int R, const int C, const duet_mm_job *job, int64_t
     }
 }
 
+/* acc[r][c] += the 32 weights w0[r], w1[r] of block b times activation
+ * row c's: the FMAs of one block, in the one order tile() and tile_pre()
+ * share (their results must be the same bits). */
+INLINE void fma_block(const int R, const int C, const float *const xr[TILE_C], int64_t b,
+                      const __m512 *w0, const __m512 *w1, __m512 acc[DECODE_R][TILE_C])
+{
+#pragma GCC unroll 8
+    for (int c = 0; c < C; c++) {
+        __m512 x0 = _mm512_loadu_ps(xr[c] + b * 32);
+        __m512 x1 = _mm512_loadu_ps(xr[c] + b * 32 + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            acc[r][c] = _mm512_fmadd_ps(w0[r], x0, acc[r][c]);
+            acc[r][c] = _mm512_fmadd_ps(w1[r], x1, acc[r][c]);
+        }
+    }
+}
+
 /* y for weight rows r0..r0+R-1 x activation rows c0..c0+C-1. */
 INLINE void tile(const int nibble, const int R, const int C, const duet_mm_job *job, int64_t r0,
                  int64_t c0, const float *sc)
@@ -123,16 +141,7 @@ INLINE void tile(const int nibble, const int R, const int C, const duet_mm_job *
         for (int r = 0; r < R; r++)
             dequant_block(nibble, wrow[r] + b * bb, sc + r, sc + DUET_TILE_R_MAX + r, &w0[r],
                           &w1[r]);
-#pragma GCC unroll 8
-        for (int c = 0; c < C; c++) {
-            __m512 x0 = _mm512_loadu_ps(xr[c] + b * 32);
-            __m512 x1 = _mm512_loadu_ps(xr[c] + b * 32 + 16);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                acc[r][c] = _mm512_fmadd_ps(w0[r], x0, acc[r][c]);
-                acc[r][c] = _mm512_fmadd_ps(w1[r], x1, acc[r][c]);
-            }
-        }
+        fma_block(R, C, xr, b, w0, w1, acc);
     }
     store_tile(R, C, job, r0, c0, acc);
 }
@@ -160,16 +169,7 @@ INLINE void tile_pre(const int R, const int C, const duet_mm_job *job, int64_t r
             w0[r] = _mm512_loadu_ps(wd + r * k + b * 32);
             w1[r] = _mm512_loadu_ps(wd + r * k + b * 32 + 16);
         }
-#pragma GCC unroll 8
-        for (int c = 0; c < C; c++) {
-            __m512 x0 = _mm512_loadu_ps(xr[c] + b * 32);
-            __m512 x1 = _mm512_loadu_ps(xr[c] + b * 32 + 16);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                acc[r][c] = _mm512_fmadd_ps(w0[r], x0, acc[r][c]);
-                acc[r][c] = _mm512_fmadd_ps(w1[r], x1, acc[r][c]);
-            }
-        }
+        fma_block(R, C, xr, b, w0, w1, acc);
     }
     store_tile(R, C, job, r0, c0, acc);
 }
