@@ -93,6 +93,18 @@ static duet_status check_cache_type(const char *op, duet_dtype t)
 
 static uint64_t cache_elem_bytes(duet_dtype t) { return t == DUET_F16 ? 2 : 4; }
 
+/* Two operands of n bytes each share at least one byte. */
+static int overlaps(duet_addr a, duet_addr b, uint64_t n)
+{
+    return a.buf == b.buf && a.offset < b.offset + n && b.offset < a.offset + n;
+}
+
+/* ... and are not the very same range (which in-place ops allow). */
+static int partial_overlap(duet_addr a, duet_addr b, uint64_t n)
+{
+    return overlaps(a, b, n) && a.offset != b.offset;
+}
+
 /* A chain of checks: the first failure wins and keeps its message. */
 #define CHECK(expr)                                                                        \
     do {                                                                                   \
@@ -260,6 +272,24 @@ duet_status duet_dev_rms_norm(duet_device *d, duet_stream *s, const duet_rms_nor
     CHECK(check_range(d, "rms_norm", "x", a->x, 4ull * a->n_rows * a->dim));
     CHECK(check_range(d, "rms_norm", "weight", a->weight, 4ull * a->dim));
     CHECK(check_range(d, "rms_norm", "out", a->out, 4ull * a->n_rows * a->dim));
+    CHECK(check_optional(d, "rms_norm", "residual", a->residual, 4ull * a->n_rows * a->dim));
+    if (rc == DUET_OK) {
+        /* Each of these operands spans the same number of bytes. */
+        uint64_t n = 4ull * a->n_rows * a->dim;
+        if (partial_overlap(a->out, a->x, n))
+            rc = duet_error(DUET_ERR_INVALID_ARG,
+                            "rms_norm: out (offset %zu) overlaps x (offset %zu) without being "
+                            "equal to it", a->out.offset, a->x.offset);
+        else if (a->residual.buf && overlaps(a->residual, a->x, n))
+            rc = duet_error(DUET_ERR_INVALID_ARG,
+                            "rms_norm: residual (offset %zu) overlaps x (offset %zu, %llu "
+                            "bytes), which the residual add writes",
+                            a->residual.offset, a->x.offset, (unsigned long long)n);
+        else if (a->residual.buf && partial_overlap(a->out, a->residual, n))
+            rc = duet_error(DUET_ERR_INVALID_ARG,
+                            "rms_norm: out (offset %zu) overlaps residual (offset %zu) without "
+                            "being equal to it", a->out.offset, a->residual.offset);
+    }
     RECORD(rms_norm);
 }
 

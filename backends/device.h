@@ -81,12 +81,18 @@ typedef struct duet_embed_args {
     int n_prev;
 } duet_embed_args;
 
+/* out = x / sqrt(mean(x^2) + eps) * weight, per row. With a residual, x
+ * is first updated in place, x[r][i] = x[r][i] + residual[r][i] (the bits
+ * of the add op), and the updated x is normed. */
 typedef struct duet_rms_norm_args {
-    duet_addr x;      /* f32[n_rows][dim] */
-    duet_addr weight; /* f32[dim] */
-    duet_addr out;    /* f32[n_rows][dim]; may equal x */
+    duet_addr x;        /* f32[n_rows][dim]; written back when residual is given */
+    duet_addr weight;   /* f32[dim] */
+    duet_addr out;      /* f32[n_rows][dim]; may equal x or residual (same offset), no
+                           other overlap with either */
     int n_rows, dim;
     float eps;
+    duet_addr residual; /* optional f32[n_rows][dim] (buf NULL = none); must not
+                           overlap x */
 } duet_rms_norm_args;
 
 typedef struct duet_matmul_args {

@@ -354,10 +354,13 @@ static duet_status matmul(duet_runner *r, size_t x, const duet_tensor *w, const 
     return duet_dev_matmul(r->dev, r->stream, &a);
 }
 
-static duet_status rms_norm(duet_runner *r, size_t x, const duet_tensor *w, size_t out, int n_rows)
+/* out = norm(x); with a residual (buf NULL = none), x += residual first. */
+static duet_status rms_norm(duet_runner *r, size_t x, duet_addr residual, const duet_tensor *w,
+                            size_t out, int n_rows)
 {
     duet_rms_norm_args a = {.x = S(r, x), .weight = w->addr, .out = S(r, out),
-                            .n_rows = n_rows, .dim = r->c->dim, .eps = r->c->norm_eps};
+                            .residual = residual, .n_rows = n_rows, .dim = r->c->dim,
+                            .eps = r->c->norm_eps};
     return duet_dev_rms_norm(r->dev, r->stream, &a);
 }
 
@@ -381,10 +384,12 @@ static duet_status layer(duet_runner *r, const duet_batch *b, int l)
     const duet_tensor *bk = c->has_qkv_bias ? &lw->bk : NULL;
     const duet_tensor *bv = c->has_qkv_bias ? &lw->bv : NULL;
 
-    /* Attention: xn = norm(x); q, k, v = xn W (+ b); rotate q and k by
+    /* Attention: x += the previous layer's FFN output (pending in xn, added
+     * by the norm); xn = norm(x); q, k, v = xn W (+ b); rotate q and k by
      * position; store k and v in the paged cache; attend over each
-     * sequence's cached context; x += att Wo. */
-    if (!rc) rc = rms_norm(r, r->x, &lw->attn_norm, r->xn, t);
+     * sequence's cached context; xn = att Wo, pending. */
+    duet_addr pending = l > 0 ? S(r, r->xn) : (duet_addr){0};
+    if (!rc) rc = rms_norm(r, r->x, pending, &lw->attn_norm, r->xn, t);
     if (!rc) rc = matmul(r, r->xn, &lw->wq, bq, r->q, t);
     if (!rc) rc = matmul(r, r->xn, &lw->wk, bk, r->k, t);
     if (!rc) rc = matmul(r, r->xn, &lw->wv, bv, r->v, t);
@@ -420,10 +425,10 @@ static duet_status layer(duet_runner *r, const duet_batch *b, int l)
         rc = duet_dev_attention(d, r->stream, &a);
     }
     if (!rc) rc = matmul(r, r->att, &lw->wo, NULL, r->xn, t);
-    if (!rc) rc = add(r, r->x, r->xn, (int64_t)t * c->dim);
 
-    /* Feed-forward: xn = norm(x); x += (silu(xn Wg) * (xn Wu)) Wd. */
-    if (!rc) rc = rms_norm(r, r->x, &lw->ffn_norm, r->xn, t);
+    /* Feed-forward: x += xn and xn = norm(x) in one op; xn = (silu(xn Wg)
+     * * (xn Wu)) Wd, pending (the next norm, or the forward, adds it). */
+    if (!rc) rc = rms_norm(r, r->x, S(r, r->xn), &lw->ffn_norm, r->xn, t);
     if (!rc) rc = matmul(r, r->xn, &lw->w_gate, NULL, r->gate, t);
     if (!rc) rc = matmul(r, r->xn, &lw->w_up, NULL, r->up, t);
     if (!rc) {
@@ -432,7 +437,6 @@ static duet_status layer(duet_runner *r, const duet_batch *b, int l)
         rc = duet_dev_swiglu(d, r->stream, &a);
     }
     if (!rc) rc = matmul(r, r->gate, &lw->w_down, NULL, r->xn, t);
-    if (!rc) rc = add(r, r->x, r->xn, (int64_t)t * c->dim);
     return rc;
 }
 
@@ -533,12 +537,15 @@ duet_status duet_model_forward_submit(duet_runner *r, const duet_batch *b, float
         rc = layer(r, b, l);
 
     /* Only the rows that will be sampled reach the final norm and the LM
-     * head, which is the largest matmul of a small model. */
+     * head, which is the largest matmul of a small model. The last
+     * layer's FFN output is still pending in xn: added here, only when
+     * rows go on (nothing else reads x). */
     if (!rc && n_rows > 0) {
+        rc = add(r, r->x, r->xn, (int64_t)b->n_tokens * c->dim);
         duet_gather_rows_args a = {.x = S(r, r->x), .rows = S(r, r->rows), .out = S(r, r->last),
                                    .n_in = b->n_tokens, .n_out = n_rows, .dim = c->dim};
-        rc = duet_dev_gather_rows(d, r->stream, &a);
-        if (!rc) rc = rms_norm(r, r->last, &r->w->out_norm, r->last, n_rows);
+        if (!rc) rc = duet_dev_gather_rows(d, r->stream, &a);
+        if (!rc) rc = rms_norm(r, r->last, (duet_addr){0}, &r->w->out_norm, r->last, n_rows);
         if (!rc) rc = matmul(r, r->last, &r->w->lm_head, NULL, r->logits, n_rows);
         if (!rc && logits)
             rc = duet_dev_download(d, r->stream, S(r, r->logits), logits,

@@ -173,6 +173,19 @@ static duet_status rec_rms_norm(duet_device *d, duet_stream *s, duet_buffer *con
     return duet_dev_rms_norm(d, s, &a);
 }
 
+/* The model's fused form: x += residual, then out = norm(x) into the
+ * residual's buffer. */
+static duet_status rec_rms_norm_res(duet_device *d, duet_stream *s, duet_buffer *const *b,
+                                    const void *p)
+{
+    duet_rms_norm_args a = *(const duet_rms_norm_args *)p;
+    a.x = at(b[0]);
+    a.weight = at(b[1]);
+    a.out = at(b[2]);
+    a.residual = at(b[2]);
+    return duet_dev_rms_norm(d, s, &a);
+}
+
 static duet_status rec_swiglu(duet_device *d, duet_stream *s, duet_buffer *const *b,
                               const void *p)
 {
@@ -225,6 +238,15 @@ static duet_status cases_elementwise(conform_run *r, rng_state *g)
             c.bufs[2] = buf_out(plane, CONFORM_CMP_F32);
             rc = conform_case_run(r, &c);
 
+            c.type = "F32+res";
+            c.record = rec_rms_norm_res;
+            snprintf(c.shape, sizeof c.shape, "rows=%d dim=%d out=residual", n, dim);
+            c.bufs[0] = (conform_buf){x, plane, CONFORM_INOUT, CONFORM_CMP_F32};
+            c.bufs[2] = (conform_buf){y, plane, CONFORM_INOUT, CONFORM_CMP_F32};
+            if (rc == DUET_OK)
+                rc = conform_case_run(r, &c);
+
+            c.type = "F32";
             duet_swiglu_args as = {.n_rows = n, .dim = dim};
             c.op = "swiglu";
             c.record = rec_swiglu;

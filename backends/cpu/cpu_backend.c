@@ -188,8 +188,8 @@ static void exec_cmd(cpu_device *d, duet_stream *s, const cmd *c)
     }
     case CMD_RMS_NORM: {
         const duet_rms_norm_args *a = &c->u.rms_norm;
-        cpu_rms_norm k = {cpu_ptr(a->x), cpu_ptr(a->weight), cpu_ptr(a->out), a->n_rows,
-                          a->dim, a->eps};
+        cpu_rms_norm k = {cpu_ptr(a->x), cpu_ptr(a->weight), cpu_ptr(a->out),
+                          cpu_ptr(a->residual), a->n_rows, a->dim, a->eps};
         ref ? duet_cpu_rms_norm_ref(&k) : duet_cpu_rms_norm_fast(pool, &k);
         break;
     }

@@ -50,9 +50,10 @@ typedef struct cpu_embed {
 } cpu_embed;
 
 typedef struct cpu_rms_norm {
-    const float *x;      /* [n_rows][dim] */
-    const float *weight; /* [dim] */
-    float *out;          /* [n_rows][dim], may equal x */
+    float *x;              /* [n_rows][dim]; x += residual first when given */
+    const float *weight;   /* [dim] */
+    float *out;            /* [n_rows][dim], may equal x or residual */
+    const float *residual; /* [n_rows][dim] or NULL */
     int n_rows, dim;
     float eps;
 } cpu_rms_norm;

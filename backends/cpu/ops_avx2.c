@@ -76,13 +76,22 @@ static void rms_norm_row(const float *x, const float *w, float *y, int dim, floa
         y[i] = x[i] * scale * w[i];
 }
 
+static void add_range(float *a, const float *b, int64_t n);
+
 static void rms_norm_job(void *arg, int ith, int nth)
 {
     const cpu_rms_norm *a = arg;
     int64_t lo, hi;
     duet_split_rows(a->n_rows, ith, nth, 1, &lo, &hi);
-    for (int64_t r = lo; r < hi; r++)
+    for (int64_t r = lo; r < hi; r++) {
+        /* The fused residual add is the add op's own loop, then the norm
+         * is the plain one on the updated row (still in L1): the bits of
+         * add + rms_norm by construction. The residual row is read before
+         * out is written, so out may be the residual. */
+        if (a->residual)
+            add_range(a->x + r * a->dim, a->residual + r * a->dim, a->dim);
         rms_norm_row(a->x + r * a->dim, a->weight, a->out + r * a->dim, a->dim, a->eps);
+    }
 }
 
 void duet_cpu_rms_norm_fast(duet_threadpool *pool, const cpu_rms_norm *a)

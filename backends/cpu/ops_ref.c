@@ -35,8 +35,13 @@ void duet_cpu_embed_ref(const cpu_embed *a)
 void duet_cpu_rms_norm_ref(const cpu_rms_norm *a)
 {
     for (int r = 0; r < a->n_rows; r++) {
-        const float *x = a->x + (int64_t)r * a->dim;
+        float *x = a->x + (int64_t)r * a->dim;
         float *y = a->out + (int64_t)r * a->dim;
+        /* The fused residual add: the add op's float sum. The whole row is
+         * read before y is written, so y may be the residual row. */
+        if (a->residual)
+            for (int i = 0; i < a->dim; i++)
+                x[i] += a->residual[(int64_t)r * a->dim + i];
         double ss = 0.0;
         for (int i = 0; i < a->dim; i++)
             ss += (double)x[i] * x[i];

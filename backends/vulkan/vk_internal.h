@@ -43,6 +43,7 @@ typedef enum vk_shader {
     VK_SH_ADD,
     VK_SH_SWIGLU,
     VK_SH_RMS_NORM,
+    VK_SH_RMS_NORM_ADD,
     VK_SH_GATHER_ROWS,
     VK_SH_EMBED,
     VK_SH_MATMUL,

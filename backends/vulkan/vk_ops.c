@@ -119,19 +119,23 @@ duet_status duet_vk_rms_norm(void *ctx, duet_stream *s, const duet_rms_norm_args
                           a->dim);
     for (uint64_t r0 = 0; r0 < (uint64_t)a->n_rows && rc == DUET_OK; r0 += rows) {
         uint64_t cnt = (uint64_t)a->n_rows - r0 < rows ? (uint64_t)a->n_rows - r0 : rows;
-        vk_binding b[3];
-        struct { uint32_t n_rows, dim; float eps; uint32_t x_off, w_off, y_off; } pc = {
-            (uint32_t)cnt, (uint32_t)a->dim, a->eps, 0, 0, 0};
-        if ((rc = duet_vk_bind_words(c, "rms_norm", "x", a->x, r0 * row, (r0 + cnt) * row, &b[0],
-                                     &pc.x_off)) ||
+        uint64_t lo = r0 * row, hi = (r0 + cnt) * row;
+        vk_binding b[4];
+        struct { uint32_t n_rows, dim; float eps; uint32_t x_off, w_off, y_off, r_off; } pc = {
+            (uint32_t)cnt, (uint32_t)a->dim, a->eps, 0, 0, 0, 0};
+        if ((rc = duet_vk_bind_words(c, "rms_norm", "x", a->x, lo, hi, &b[0], &pc.x_off)) ||
             (rc = duet_vk_bind_words(c, "rms_norm", "weight", a->weight, 0, row, &b[1],
                                      &pc.w_off)) ||
-            (rc = duet_vk_bind_words(c, "rms_norm", "out", a->out, r0 * row, (r0 + cnt) * row,
-                                     &b[2], &pc.y_off)))
+            (rc = duet_vk_bind_words(c, "rms_norm", "out", a->out, lo, hi, &b[2], &pc.y_off)) ||
+            (a->residual.buf && (rc = duet_vk_bind_words(c, "rms_norm", "residual", a->residual,
+                                                         lo, hi, &b[3], &pc.r_off))))
             break;
+        /* The fused add has its own shader, so the plain one's x stays
+         * readonly (no write hazard on x for the tracking). */
+        vk_shader sh = a->residual.buf ? VK_SH_RMS_NORM_ADD : VK_SH_RMS_NORM;
         uint32_t gx, gy;
         duet_vk_grid_2d(cnt, &gx, &gy);
-        rc = duet_vk_dispatch(c, s, VK_SH_RMS_NORM, 0, b, 3, &pc, sizeof pc, gx, gy, 1);
+        rc = duet_vk_dispatch(c, s, sh, 0, b, a->residual.buf ? 4 : 3, &pc, sizeof pc, gx, gy, 1);
     }
     return rc;
 }

@@ -18,6 +18,7 @@ static const char *const shader_names[VK_SH_COUNT] = {
     [VK_SH_ADD] = "add",
     [VK_SH_SWIGLU] = "swiglu",
     [VK_SH_RMS_NORM] = "rms_norm",
+    [VK_SH_RMS_NORM_ADD] = "rms_norm_add",
     [VK_SH_GATHER_ROWS] = "gather_rows",
     [VK_SH_EMBED] = "embed",
     [VK_SH_MATMUL] = "matmul",

@@ -9,6 +9,7 @@
  * device outputs are poisoned with NaN before every run.
  */
 #include "cpu_fixture.h"
+#include "duet.h" /* duet_last_error */
 
 /* ---- op runners: one op on one device, host in, host out ---------------------- */
 
@@ -33,10 +34,45 @@ static void run_rms_norm(fx *f, const float *x, const float *w, int rows, int di
     duet_buffer *bx = fx_buf(f, x, 4ull * rows * dim), *bw = fx_buf(f, w, 4ull * dim);
     duet_buffer *bo = fx_buf(f, NULL, 4ull * rows * dim);
     fx_begin(f);
-    duet_rms_norm_args a = {at(bx), at(bw), at(bo), rows, dim, eps};
+    duet_rms_norm_args a = {at(bx), at(bw), at(bo), rows, dim, eps, {NULL, 0}};
     assert_int_equal(duet_dev_rms_norm(f->d, f->s, &a), DUET_OK);
     fx_finish(f, bo, out, 4ull * rows * dim);
     duet_dev_buffer_free(f->d, bx);
+    duet_dev_buffer_free(f->d, bw);
+    duet_dev_buffer_free(f->d, bo);
+}
+
+/* Where rms_norm's out goes in the residual tests. */
+typedef enum { OUT_OWN, OUT_IS_RESIDUAL, OUT_IS_X } out_alias;
+
+/* x += res then out = rms_norm(x), fused (one op) or as add + rms_norm in
+ * one recording. Reads back x, res and out (res and out are the same
+ * buffer for OUT_IS_RESIDUAL, x and out for OUT_IS_X). */
+static void run_rms_norm_res(fx *f, const float *x, const float *res, const float *w, int rows,
+                             int dim, out_alias alias, int fused, float *x_out, float *res_out,
+                             float *out)
+{
+    size_t n = 4ull * rows * dim;
+    duet_buffer *bx = fx_buf(f, x, n), *br = fx_buf(f, res, n), *bw = fx_buf(f, w, 4ull * dim);
+    duet_buffer *bo = alias == OUT_OWN ? fx_buf(f, NULL, n) : NULL;
+    duet_buffer *out_buf = alias == OUT_IS_RESIDUAL ? br : alias == OUT_IS_X ? bx : bo;
+    fx_begin(f);
+    duet_rms_norm_args a = {.x = at(bx), .weight = at(bw), .out = at(out_buf), .n_rows = rows,
+                            .dim = dim, .eps = 1e-6f};
+    if (fused) {
+        a.residual = at(br);
+    } else {
+        duet_add_args add = {at(bx), at(br), (int64_t)rows * dim};
+        assert_int_equal(duet_dev_add(f->d, f->s, &add), DUET_OK);
+    }
+    assert_int_equal(duet_dev_rms_norm(f->d, f->s, &a), DUET_OK);
+    memset(x_out, 0xff, n);
+    memset(res_out, 0xff, n);
+    assert_int_equal(duet_dev_download(f->d, f->s, at(bx), x_out, n), DUET_OK);
+    assert_int_equal(duet_dev_download(f->d, f->s, at(br), res_out, n), DUET_OK);
+    fx_finish(f, out_buf, out, n);
+    duet_dev_buffer_free(f->d, bx);
+    duet_dev_buffer_free(f->d, br);
     duet_dev_buffer_free(f->d, bw);
     duet_dev_buffer_free(f->d, bo);
 }
@@ -335,6 +371,100 @@ static void test_rms_norm_fast_vs_ref(void **state)
     fx_close(&ref);
     fx_close(&fast1);
     fx_close(&fast2);
+}
+
+/* The fused residual add gives the bits of add + rms_norm on every path
+ * (reference, fast on one and two threads), for each placement of out. */
+static void test_rms_norm_residual(void **state)
+{
+    (void)state;
+    fx devs[] = {fx_open(1, 1), fx_open(1, 0), fx_open(2, 0)};
+    /* Dims below, at and off multiples of 8; 40 x 613 is split over threads. */
+    int shapes[][2] = {{1, 576}, {7, 13}, {33, 1536}, {3, 8}, {2, 1}, {5, 100}, {40, 613}};
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int rows = shapes[c][0], dim = shapes[c][1];
+        size_t n = (size_t)rows * dim;
+        float *x = frand_array(n), *res = frand_array(n), *w = frand_array(dim);
+        float *want_x = malloc(4 * n), *ref_out = malloc(4 * n);
+        float *bufs[6];
+        for (int i = 0; i < 6; i++)
+            bufs[i] = malloc(4 * n);
+        float *ux = bufs[0], *ur = bufs[1], *uo = bufs[2], *fx_ = bufs[3], *fr = bufs[4],
+              *fo = bufs[5];
+        for (size_t i = 0; i < n; i++)
+            want_x[i] = x[i] + res[i];
+        for (size_t dv = 0; dv < sizeof devs / sizeof *devs; dv++)
+            for (int alias = OUT_OWN; alias <= OUT_IS_X; alias++) {
+                run_rms_norm_res(&devs[dv], x, res, w, rows, dim, alias, 0, ux, ur, uo);
+                run_rms_norm_res(&devs[dv], x, res, w, rows, dim, alias, 1, fx_, fr, fo);
+                if (alias != OUT_IS_X) { /* x is the residual stream: x + res */
+                    assert_memory_equal(ux, want_x, 4 * n);
+                    assert_memory_equal(fx_, want_x, 4 * n);
+                }
+                assert_memory_equal(fo, uo, 4 * n); /* fused == unfused, bitwise */
+                assert_memory_equal(fx_, ux, 4 * n);
+                assert_memory_equal(fr, ur, 4 * n);
+                if (alias != OUT_IS_RESIDUAL) /* the residual is only read */
+                    assert_memory_equal(fr, res, 4 * n);
+                if (dv == 0 && alias == OUT_OWN)
+                    memcpy(ref_out, fo, 4 * n);
+                else
+                    assert_nmse(fo, ref_out, n, 1e-7); /* fast vs reference */
+            }
+        free(x), free(res), free(w), free(want_x), free(ref_out);
+        for (int i = 0; i < 6; i++)
+            free(bufs[i]);
+    }
+    for (size_t dv = 0; dv < sizeof devs / sizeof *devs; dv++)
+        fx_close(&devs[dv]);
+}
+
+/* The wrapper's checks of the residual: range, and no overlap with x or
+ * with out other than out == residual. */
+static void test_rms_norm_residual_errors(void **state)
+{
+    (void)state;
+    fx f = fx_open(1, 0);
+    /* Four regions of ROWS x DIM floats (128 bytes each) in one buffer. */
+    enum { ROWS = 2, DIM = 16, B = 4 * ROWS * DIM };
+    duet_buffer *big = fx_buf(&f, NULL, 4 * B), *bw = fx_buf(&f, NULL, 4 * DIM);
+    static const struct {
+        size_t x, out, res;
+        const char *msg;
+    } bad[] = {
+        {0, 2 * B, 12, "residual (offset 12) overlaps x (offset 0"},
+        {0, 2 * B, 0, "residual (offset 0) overlaps x (offset 0"},
+        {B, B, 12, "residual (offset 12) overlaps x (offset 128"},
+        {0, 2 * B + 4, 2 * B, "out (offset 260) overlaps residual (offset 256)"},
+        {0, 2 * B - 4, 2 * B, "out (offset 252) overlaps residual (offset 256)"},
+        {0, 32, 2 * B, "out (offset 32) overlaps x (offset 0)"},
+        {0, B, 3 * B + 4, "operand 'residual' needs 128 bytes at offset 388"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        duet_rms_norm_args a = {.x = {big, bad[i].x}, .weight = at(bw), .out = {big, bad[i].out},
+                                .residual = {big, bad[i].res}, .n_rows = ROWS, .dim = DIM,
+                                .eps = 1e-6f};
+        fx_begin(&f);
+        assert_int_equal(duet_dev_rms_norm(f.d, f.s, &a), DUET_ERR_INVALID_ARG);
+        if (!strstr(duet_last_error(), bad[i].msg))
+            fail_msg("case %zu: message '%s' lacks '%s'", i, duet_last_error(), bad[i].msg);
+        assert_int_equal(duet_dev_stream_submit(f.d, f.s), DUET_OK);
+        assert_int_equal(duet_dev_stream_wait(f.d, f.s), DUET_OK);
+    }
+    /* Accepted: out == residual, out == x, no residual with out == x. */
+    static const size_t ok[][3] = {{0, 2 * B, 2 * B}, {0, 0, 2 * B}, {B, B, 0}};
+    for (size_t i = 0; i < 3; i++) {
+        duet_rms_norm_args a = {.x = {big, ok[i][0]}, .weight = at(bw), .out = {big, ok[i][1]},
+                                .residual = {i < 2 ? big : NULL, ok[i][2]}, .n_rows = ROWS,
+                                .dim = DIM, .eps = 1e-6f};
+        fx_begin(&f);
+        assert_int_equal(duet_dev_rms_norm(f.d, f.s, &a), DUET_OK);
+        assert_int_equal(duet_dev_stream_submit(f.d, f.s), DUET_OK);
+        assert_int_equal(duet_dev_stream_wait(f.d, f.s), DUET_OK);
+    }
+    duet_dev_buffer_free(f.d, big);
+    duet_dev_buffer_free(f.d, bw);
+    fx_close(&f);
 }
 
 /* ---- rope ---------------------------------------------------------------------- */
@@ -795,6 +925,8 @@ int main(void)
         cmocka_unit_test(test_embed),
         cmocka_unit_test(test_rms_norm_known),
         cmocka_unit_test(test_rms_norm_fast_vs_ref),
+        cmocka_unit_test(test_rms_norm_residual),
+        cmocka_unit_test(test_rms_norm_residual_errors),
         cmocka_unit_test(test_rope_known),
         cmocka_unit_test(test_rope_fast_vs_ref),
         cmocka_unit_test(test_kv_write),

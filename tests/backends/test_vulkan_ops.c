@@ -200,7 +200,7 @@ static void run_rms_norm(side *x, const float *in, const float *w, int rows, int
     duet_buffer *bx = vk_buffer(x, in, n), *bw = vk_buffer(x, w, 4ull * dim);
     duet_buffer *bo = alias ? bx : vk_buffer(x, NULL, n);
     begin(x);
-    duet_rms_norm_args args = {vk_at(bx), vk_at(bw), vk_at(bo), rows, dim, 1e-5f};
+    duet_rms_norm_args args = {vk_at(bx), vk_at(bw), vk_at(bo), rows, dim, 1e-5f, none()};
     assert_int_equal(duet_dev_rms_norm(x->d, x->s, &args), DUET_OK);
     finish(x, bo, out, n);
     duet_buffer *all[] = {bx, bw, bo};
@@ -222,6 +222,114 @@ static void test_rms_norm(void **state)
         free(xin), free(w), free(want), free(got);
     }
     check_validation();
+}
+
+/* Where rms_norm's out goes in the residual tests. */
+typedef enum { OUT_OWN, OUT_IS_RESIDUAL, OUT_IS_X } out_alias;
+
+/* x += res then out = rms_norm(x): fused (one op) or add + rms_norm in one
+ * recording. Each operand is its own buffer; with pad, x, res and out
+ * start at different offsets that are not multiples of the descriptor
+ * alignment (so the push-constant offsets are used and must not be mixed
+ * up). Reads back x, res and out. */
+static void run_rms_norm_res(side *s, const float *x, const float *res, const float *w, int rows,
+                             int dim, int pad, out_alias alias, int fused, float *x_out,
+                             float *res_out, float *out)
+{
+    size_t n = 4ull * rows * dim, xo = pad ? 12 : 0, ro = pad ? 40 : 0, oo = pad ? 4 : 0;
+    char *img = malloc(ro + n);
+    memset(img, 0xff, ro + n);
+    memcpy(img + xo, x, n);
+    duet_buffer *bx = vk_buffer(s, img, xo + n);
+    memcpy(img + ro, res, n);
+    duet_buffer *br = vk_buffer(s, img, ro + n);
+    free(img);
+    duet_buffer *bw = vk_buffer(s, w, 4ull * dim);
+    duet_buffer *bo = alias == OUT_OWN ? vk_buffer(s, NULL, oo + n) : NULL;
+    duet_addr ax = {bx, xo}, ar = {br, ro};
+    duet_addr ao = alias == OUT_IS_RESIDUAL ? ar : alias == OUT_IS_X ? ax : (duet_addr){bo, oo};
+    begin(s);
+    duet_rms_norm_args a = {.x = ax, .weight = vk_at(bw), .out = ao, .n_rows = rows, .dim = dim,
+                            .eps = 1e-5f};
+    if (fused) {
+        a.residual = ar;
+    } else {
+        duet_add_args add = {ax, ar, (int64_t)rows * dim};
+        assert_int_equal(duet_dev_add(s->d, s->s, &add), DUET_OK);
+    }
+    assert_int_equal(duet_dev_rms_norm(s->d, s->s, &a), DUET_OK);
+    memset(x_out, 0xff, n);
+    memset(res_out, 0xff, n);
+    memset(out, 0xff, n);
+    assert_int_equal(duet_dev_download(s->d, s->s, ax, x_out, n), DUET_OK);
+    assert_int_equal(duet_dev_download(s->d, s->s, ar, res_out, n), DUET_OK);
+    assert_int_equal(duet_dev_download(s->d, s->s, ao, out, n), DUET_OK);
+    assert_int_equal(duet_dev_stream_submit(s->d, s->s), DUET_OK);
+    assert_int_equal(duet_dev_stream_wait(s->d, s->s), DUET_OK);
+    duet_buffer *all[] = {bx, br, bw, bo};
+    free_bufs(s, all, bo ? 4 : 3);
+}
+
+/* On side s: the fused op has the bits of add + rms_norm on s (x, res and
+ * out), for each placement of out; against the CPU reference's fused op,
+ * x is bit-identical (one float add) and out within NMSE. */
+static void check_rms_norm_res(side *s, int rows, int dim, int pad)
+{
+    size_t n = (size_t)rows * dim;
+    float *x = frand_array(n, 4), *res = frand_array(n, 4), *w = frand_array(dim, 1);
+    float *m[9];
+    for (int i = 0; i < 9; i++)
+        m[i] = malloc(4 * n);
+    float *ux = m[0], *ur = m[1], *uo = m[2], *fx = m[3], *fr = m[4], *fo = m[5];
+    float *cx = m[6], *cr = m[7], *co = m[8];
+    char what[96];
+    for (int alias = OUT_OWN; alias <= OUT_IS_X; alias++) {
+        snprintf(what, sizeof what, "rms_norm + residual %dx%d, out %s", rows, dim,
+                 alias == OUT_OWN ? "own" : alias == OUT_IS_RESIDUAL ? "= residual" : "= x");
+        run_rms_norm_res(s, x, res, w, rows, dim, pad, alias, 0, ux, ur, uo);
+        run_rms_norm_res(s, x, res, w, rows, dim, pad, alias, 1, fx, fr, fo);
+        run_rms_norm_res(&cpu, x, res, w, rows, dim, pad, alias, 1, cx, cr, co);
+        assert_same(what, fx, ux, n); /* fused == unfused, bitwise */
+        assert_same(what, fr, ur, n);
+        assert_same(what, fo, uo, n);
+        if (alias != OUT_IS_X)
+            assert_same(what, fx, cx, n); /* the add is exact: the CPU's bits */
+        if (alias != OUT_IS_RESIDUAL)
+            assert_same(what, fr, res, n); /* only read */
+        vk_assert_match(what, fo, co, n, 1e-7);
+    }
+    for (int i = 0; i < 9; i++)
+        free(m[i]);
+    free(x), free(res), free(w);
+}
+
+static void test_rms_norm_residual(void **state)
+{
+    (void)state;
+    /* Dims under, at and over one workgroup's 256, off multiples of 8. */
+    int shapes[][2] = {{1, 33}, {5, 576}, {3, 4096}, {2, 7}, {4, 300}, {1, 256}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        check_rms_norm_res(&vk, shapes[i][0], shapes[i][1], (int)(i & 1));
+    check_validation();
+}
+
+/* More rows than one binding holds: the fused op is split over rows like
+ * the plain one (the binding limit forced down on a device of its own). */
+static void test_rms_norm_residual_split(void **state)
+{
+    (void)state;
+    setenv("DUET_VK_MAX_ALLOC", "1048576", 1); /* binding limit about 512 KiB */
+    side small = {0};
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &small.d);
+    unsetenv("DUET_VK_MAX_ALLOC");
+    assert_int_equal(rc, DUET_OK);
+    assert_int_equal(duet_dev_stream_create(small.d, &small.s), DUET_OK);
+    check_rms_norm_res(&small, 5, 40000, 1); /* 160 kB rows: 3 per dispatch */
+    int validation = duet_vulkan_validation_errors(small.d);
+    duet_dev_stream_destroy(small.d, small.s);
+    duet_device_close(small.d);
+    if (validation > 0)
+        fail_msg("the Vulkan validation layer reported %d message(s) (see stderr)", validation);
 }
 
 static void run_gather(side *x, const float *in, int n_in, const int32_t *rows, int n_out,
@@ -785,7 +893,7 @@ static void run_chain(side *x, const float *h0, const float *nw, const void *w, 
     assert_int_equal(duet_dev_upload(x->d, x->s, vk_at(bh), staging, 4ull * rows * dim), DUET_OK);
     for (int i = 0; i < rows * dim; i++)
         staging[i] = 1e30f; /* must not reach the device */
-    duet_rms_norm_args rn = {vk_at(bh), vk_at(bn), vk_at(bx), rows, dim, 1e-6f};
+    duet_rms_norm_args rn = {vk_at(bh), vk_at(bn), vk_at(bx), rows, dim, 1e-6f, none()};
     duet_matmul_args mm = {vk_at(bx), vk_at(bw), none(), vk_at(by), DUET_Q8_0, rows, dim, n};
     duet_matmul_args mm2 = {vk_at(bx), vk_at(bw), none(), vk_at(bz), DUET_Q8_0, rows, dim, n};
     duet_swiglu_args sw = {vk_at(by), vk_at(bz), vk_at(by), rows, n};
@@ -879,6 +987,8 @@ int main(void)
         cmocka_unit_test(test_add),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_rms_norm),
+        cmocka_unit_test(test_rms_norm_residual),
+        cmocka_unit_test(test_rms_norm_residual_split),
         cmocka_unit_test(test_gather_rows),
         cmocka_unit_test(test_embed_types),
         cmocka_unit_test(test_embed_prev_tokens),

@@ -23,6 +23,7 @@ if py_json "$tmp/ref.json" '
 ops = {r["op"] for r in d["results"]}
 want = {"embed","rms_norm","matmul","rope","kv_write","attention","swiglu","add","gather_rows","sample"}
 assert ops == want, ops
+assert len([r for r in d["results"] if r["op"] == "rms_norm" and r["type"] == "F32+res"]) == 4
 assert all(r["status"] == "PASS" for r in d["results"])
 assert d["summary"]["fail"] == 0 and d["summary"]["pass"] == len(d["results"])
 assert d["backends"] == ["cpu-ref", "cpu"]
