@@ -91,6 +91,13 @@ static duet_status check_cache_type(const char *op, duet_dtype t)
     return DUET_OK;
 }
 
+/* Whether a's first an bytes and b's first bn bytes share a byte (never
+ * when either is absent). */
+static int overlaps(duet_addr a, uint64_t an, duet_addr b, uint64_t bn)
+{
+    return a.buf && a.buf == b.buf && a.offset < b.offset + bn && b.offset < a.offset + an;
+}
+
 static uint64_t cache_elem_bytes(duet_dtype t) { return t == DUET_F16 ? 2 : 4; }
 
 /* A chain of checks: the first failure wins and keeps its message. */
@@ -276,13 +283,16 @@ duet_status duet_dev_matmul(duet_device *d, duet_stream *s, const duet_matmul_ar
         CHECK(check_range(d, "matmul", "w", a->w, row * a->n));
         CHECK(check_optional(d, "matmul", "bias", a->bias, 4ull * a->n));
         CHECK(check_range(d, "matmul", "out", a->out, 4ull * a->n_rows * a->n));
+        CHECK(check_optional(d, "matmul", "w_up", a->w_up, row * a->n));
+        if (rc == DUET_OK && a->w_up.buf && a->bias.buf)
+            rc = duet_error(DUET_ERR_INVALID_ARG,
+                            "matmul: bias is given with w_up; the gated form takes no bias");
+        /* The gated form may write its gate product before it reads w_up. */
+        if (rc == DUET_OK && overlaps(a->out, 4ull * a->n_rows * a->n, a->w_up, row * a->n))
+            rc = duet_error(DUET_ERR_INVALID_ARG, "matmul: out overlaps w_up");
     }
-    if (rc == DUET_OK && a->x.buf == a->out.buf) {
-        size_t xe = a->x.offset + 4ull * a->n_rows * a->k;
-        size_t oe = a->out.offset + 4ull * a->n_rows * a->n;
-        if (a->x.offset < oe && a->out.offset < xe)
-            rc = duet_error(DUET_ERR_INVALID_ARG, "matmul: out overlaps x");
-    }
+    if (rc == DUET_OK && overlaps(a->x, 4ull * a->n_rows * a->k, a->out, 4ull * a->n_rows * a->n))
+        rc = duet_error(DUET_ERR_INVALID_ARG, "matmul: out overlaps x");
     RECORD(matmul);
 }
 

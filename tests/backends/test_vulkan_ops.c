@@ -335,7 +335,7 @@ static void run_matmul_shifted(side *x, duet_dtype t, const void *w, size_t wbyt
     duet_buffer *bo = vk_buffer(x, NULL, 4ull * m * n);
     begin(x);
     duet_matmul_args args = {
-        {bx, x_shift}, vk_at(bw), bb ? vk_at(bb) : none(), vk_at(bo), t, m, k, n};
+        {bx, x_shift}, vk_at(bw), bb ? vk_at(bb) : none(), vk_at(bo), t, m, k, n, none()};
     assert_int_equal(duet_dev_matmul(x->d, x->s, &args), DUET_OK);
     finish(x, bo, out, 4ull * m * n);
     duet_buffer *all[] = {bw, bx, bo, bb};
@@ -481,6 +481,96 @@ static void test_matmul_variants(void **state)
     variant_cases("tiled", 1, 1);
     variant_cases("per-output", 2, 2);
     variant_cases("vec", 4, 8);
+}
+
+/* ---- the gated matmul (w_up) ------------------------------------------------------ */
+
+/* On side x, in one recording: the three ops matmul W, matmul W_up, swiglu
+ * (gated = 0) or the gated matmul (gated = 1); out gets [m][n]. */
+static void run_glu(side *x, duet_dtype t, const void *w, const void *wu, size_t wbytes,
+                    const float *in, int m, int k, int n, int gated, float *out)
+{
+    size_t plane = 4ull * m * n;
+    duet_buffer *bx = vk_buffer(x, in, 4ull * m * k), *bw = vk_buffer(x, w, wbytes);
+    duet_buffer *bu = vk_buffer(x, wu, wbytes), *bg = vk_buffer(x, NULL, plane);
+    duet_buffer *bup = vk_buffer(x, NULL, plane);
+    begin(x);
+    duet_matmul_args a = {.x = vk_at(bx), .w = vk_at(bw), .out = vk_at(bg), .w_type = t,
+                          .n_rows = m, .k = k, .n = n};
+    if (gated) {
+        a.w_up = vk_at(bu);
+        assert_int_equal(duet_dev_matmul(x->d, x->s, &a), DUET_OK);
+    } else {
+        assert_int_equal(duet_dev_matmul(x->d, x->s, &a), DUET_OK);
+        a.w = vk_at(bu);
+        a.out = vk_at(bup);
+        assert_int_equal(duet_dev_matmul(x->d, x->s, &a), DUET_OK);
+        duet_swiglu_args sw = {vk_at(bg), vk_at(bup), vk_at(bg), m, n};
+        assert_int_equal(duet_dev_swiglu(x->d, x->s, &sw), DUET_OK);
+    }
+    finish(x, bg, out, plane);
+    duet_buffer *all[] = {bx, bw, bu, bg, bup};
+    free_bufs(x, all, 5);
+}
+
+/* On a device with DUET_VK_MATMUL=variant: for every weight type and m in
+ * {1, 7, 33}, the gated matmul has exactly the bits of the three ops on
+ * the same device and matches the CPU reference's gated matmul; the gated
+ * pipeline of the forced kernel (sh_plain for F32/F16/BF16, sh_quant for
+ * the block types, variant bits `bits`) is the one created. */
+static void glu_variant_cases(const char *variant, vk_shader sh_plain, vk_shader sh_quant,
+                              uint32_t bits)
+{
+    static const int ms[] = {1, 7, 33};
+    side saved = vk;
+    setenv("DUET_VK_MATMUL", variant, 1);
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
+    unsetenv("DUET_VK_MATMUL");
+    assert_int_equal(rc, DUET_OK);
+    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
+    for (int i = 0; i < N_WEIGHT_TYPES; i++) {
+        duet_dtype t = weight_types[i];
+        int k = duet_dtype_get(t)->block_elems > 32 ? 512 : 256, n = 21;
+        size_t bytes;
+        uint8_t *w = random_weights(t, n, k, &bytes), *wu = random_weights(t, n, k, &bytes);
+        for (int mi = 0; mi < 3; mi++) {
+            int m = ms[mi];
+            float *in = frand_array((size_t)m * k, 1), *three = malloc(4ull * m * n);
+            float *one = malloc(4ull * m * n), *want = malloc(4ull * m * n);
+            run_glu(&vk, t, w, wu, bytes, in, m, k, n, 0, three);
+            run_glu(&vk, t, w, wu, bytes, in, m, k, n, 1, one);
+            run_glu(&cpu, t, w, wu, bytes, in, m, k, n, 1, want);
+            char what[96];
+            snprintf(what, sizeof what, "gated matmul %s m=%d (%s) vs matmul+matmul+swiglu",
+                     duet_dtype_get(t)->name, m, variant);
+            for (size_t e = 0; e < (size_t)m * n; e++)
+                if (memcmp(&one[e], &three[e], 4) != 0)
+                    fail_msg("%s: element %zu is %.9g, the three ops give %.9g", what, e, one[e],
+                             three[e]);
+            snprintf(what, sizeof what, "gated matmul %s m=%d (%s) vs the CPU",
+                     duet_dtype_get(t)->name, m, variant);
+            vk_assert_match(what, one, want, (size_t)m * n, 5e-4);
+            free(in), free(three), free(one), free(want);
+        }
+        free(w), free(wu);
+        vk_shader sh = duet_dtype_get(t)->block_elems == 1 ? sh_plain : sh_quant;
+        const vk_ctx *c = vk.d->ctx;
+        if (c->pipes[sh][t + 32u * bits] == VK_NULL_HANDLE)
+            fail_msg("gated matmul %s (%s): the forced kernel's gated pipeline was not used",
+                     duet_dtype_get(t)->name, variant);
+    }
+    check_validation();
+    duet_dev_stream_destroy(vk.d, vk.s);
+    duet_device_close(vk.d);
+    vk = saved;
+}
+
+static void test_matmul_glu(void **state)
+{
+    (void)state;
+    glu_variant_cases("tiled", VK_SH_MATMUL, VK_SH_MATMUL, 2);
+    glu_variant_cases("per-output", VK_SH_MATMUL, VK_SH_MATMUL, 3);
+    glu_variant_cases("vec", VK_SH_MATMUL_VEC, VK_SH_MATMUL_QVEC, 2);
 }
 
 /* Embed rows ids[0..n) of an F16 table and one matmul over all of it, on
@@ -786,8 +876,8 @@ static void run_chain(side *x, const float *h0, const float *nw, const void *w, 
     for (int i = 0; i < rows * dim; i++)
         staging[i] = 1e30f; /* must not reach the device */
     duet_rms_norm_args rn = {vk_at(bh), vk_at(bn), vk_at(bx), rows, dim, 1e-6f};
-    duet_matmul_args mm = {vk_at(bx), vk_at(bw), none(), vk_at(by), DUET_Q8_0, rows, dim, n};
-    duet_matmul_args mm2 = {vk_at(bx), vk_at(bw), none(), vk_at(bz), DUET_Q8_0, rows, dim, n};
+    duet_matmul_args mm = {vk_at(bx), vk_at(bw), none(), vk_at(by), DUET_Q8_0, rows, dim, n, none()};
+    duet_matmul_args mm2 = {vk_at(bx), vk_at(bw), none(), vk_at(bz), DUET_Q8_0, rows, dim, n, none()};
     duet_swiglu_args sw = {vk_at(by), vk_at(bz), vk_at(by), rows, n};
     duet_add_args ad = {vk_at(by), vk_at(bz), (int64_t)rows * n};
     assert_int_equal(duet_dev_rms_norm(x->d, x->s, &rn), DUET_OK);
@@ -884,6 +974,7 @@ int main(void)
         cmocka_unit_test(test_embed_prev_tokens),
         cmocka_unit_test(test_matmul_types),
         cmocka_unit_test(test_matmul_variants),
+        cmocka_unit_test(test_matmul_glu),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_kv_write),
         cmocka_unit_test(test_attention),
