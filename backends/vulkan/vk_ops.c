@@ -47,13 +47,15 @@ vk_binding duet_vk_dummy_binding(const vk_ctx *c)
 }
 
 /* Weight rows: the byte offset must suit the type's 16/32-bit fields. */
-static duet_status check_weight_offset(const char *op, duet_addr a, duet_dtype t)
+static duet_status check_weight_offset(const char *op, const char *name, duet_addr a,
+                                       duet_dtype t)
 {
     size_t need = t == DUET_F32 ? 4 : 2;
     if (a.offset % need)
         return duet_error(DUET_ERR_INVALID_ARG,
-                          "%s: weights at offset %zu; Vulkan needs a multiple of %zu for this type",
-                          op, a.offset, need);
+                          "%s: weights '%s' at offset %zu; Vulkan needs a multiple of %zu for "
+                          "this type",
+                          op, name, a.offset, need);
     return DUET_OK;
 }
 
@@ -160,7 +162,7 @@ duet_status duet_vk_gather_rows(void *ctx, duet_stream *s, const duet_gather_row
 duet_status duet_vk_embed(void *ctx, duet_stream *s, const duet_embed_args *a)
 {
     vk_ctx *c = ctx;
-    duet_status rc = check_weight_offset("embed", a->table, a->table_type);
+    duet_status rc = check_weight_offset("embed", "table", a->table, a->table_type);
     uint64_t row_bytes = duet_dtype_row_bytes(a->table_type, a->dim);
     uint64_t rows = duet_vk_max_bind(c) / row_bytes;
     if (rc)
@@ -243,9 +245,9 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
 {
     vk_ctx *c = ctx;
     int gated = a->w_up.buf != NULL;
-    duet_status rc = check_weight_offset("matmul", a->w, a->w_type);
+    duet_status rc = check_weight_offset("matmul", "w", a->w, a->w_type);
     if (rc == DUET_OK && gated)
-        rc = check_weight_offset("matmul", a->w_up, a->w_type);
+        rc = check_weight_offset("matmul", "w_up", a->w_up, a->w_type);
     uint64_t row_bytes = duet_dtype_row_bytes(a->w_type, a->k);
     uint64_t max_words = duet_vk_max_bind(c) / 4;
     uint64_t n_piece = duet_vk_max_bind(c) / row_bytes;

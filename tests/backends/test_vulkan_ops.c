@@ -568,6 +568,18 @@ static void glu_variant_cases(const char *variant, vk_shader sh_plain, vk_shader
 static void test_matmul_glu(void **state)
 {
     (void)state;
+    /* W_up at an odd offset: refused, naming it. */
+    duet_buffer *bx = vk_buffer(&vk, NULL, 4 * 32), *bw = vk_buffer(&vk, NULL, 64 * 4 + 2);
+    duet_buffer *bo = vk_buffer(&vk, NULL, 4 * 4);
+    begin(&vk);
+    duet_matmul_args a = {.x = vk_at(bx), .w = vk_at(bw), .w_up = {bw, 1}, .out = vk_at(bo),
+                          .w_type = DUET_F16, .n_rows = 1, .k = 32, .n = 4};
+    assert_int_equal(duet_dev_matmul(vk.d, vk.s, &a), DUET_ERR_INVALID_ARG);
+    assert_non_null(strstr(duet_last_error(), "'w_up' at offset 1"));
+    finish(&vk, bo, (float[4]){0}, 4 * 4);
+    duet_buffer *all[] = {bx, bw, bo};
+    free_bufs(&vk, all, 3);
+
     glu_variant_cases("tiled", VK_SH_MATMUL, VK_SH_MATMUL, 2);
     glu_variant_cases("per-output", VK_SH_MATMUL, VK_SH_MATMUL, 3);
     glu_variant_cases("vec", VK_SH_MATMUL_VEC, VK_SH_MATMUL_QVEC, 2);
