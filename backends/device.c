@@ -91,18 +91,20 @@ static duet_status check_cache_type(const char *op, duet_dtype t)
     return DUET_OK;
 }
 
-static uint64_t cache_elem_bytes(duet_dtype t) { return t == DUET_F16 ? 2 : 4; }
-
-/* Two operands of n bytes each share at least one byte. */
-static int overlaps(duet_addr a, duet_addr b, uint64_t n)
+/* Whether a's first an bytes and b's first bn bytes share a byte (never
+ * when either is absent). */
+static int overlaps(duet_addr a, uint64_t an, duet_addr b, uint64_t bn)
 {
-    return a.buf == b.buf && a.offset < b.offset + n && b.offset < a.offset + n;
+    return a.buf && a.buf == b.buf && a.offset < b.offset + bn && b.offset < a.offset + an;
 }
 
-/* ... and are not the very same range (which in-place ops allow). */
+static uint64_t cache_elem_bytes(duet_dtype t) { return t == DUET_F16 ? 2 : 4; }
+
+/* Two operands of n bytes each overlap and are not the very same range
+ * (which in-place ops allow). */
 static int partial_overlap(duet_addr a, duet_addr b, uint64_t n)
 {
-    return overlaps(a, b, n) && a.offset != b.offset;
+    return overlaps(a, n, b, n) && a.offset != b.offset;
 }
 
 /* A chain of checks: the first failure wins and keeps its message. */
@@ -280,7 +282,7 @@ duet_status duet_dev_rms_norm(duet_device *d, duet_stream *s, const duet_rms_nor
             rc = duet_error(DUET_ERR_INVALID_ARG,
                             "rms_norm: out (offset %zu) overlaps x (offset %zu) without being "
                             "equal to it", a->out.offset, a->x.offset);
-        else if (a->residual.buf && overlaps(a->residual, a->x, n))
+        else if (overlaps(a->residual, n, a->x, n))
             rc = duet_error(DUET_ERR_INVALID_ARG,
                             "rms_norm: residual (offset %zu) overlaps x (offset %zu, %llu "
                             "bytes), which the residual add writes",
@@ -306,13 +308,16 @@ duet_status duet_dev_matmul(duet_device *d, duet_stream *s, const duet_matmul_ar
         CHECK(check_range(d, "matmul", "w", a->w, row * a->n));
         CHECK(check_optional(d, "matmul", "bias", a->bias, 4ull * a->n));
         CHECK(check_range(d, "matmul", "out", a->out, 4ull * a->n_rows * a->n));
+        CHECK(check_optional(d, "matmul", "w_up", a->w_up, row * a->n));
+        if (rc == DUET_OK && a->w_up.buf && a->bias.buf)
+            rc = duet_error(DUET_ERR_INVALID_ARG,
+                            "matmul: bias is given with w_up; the gated form takes no bias");
+        /* The gated form may write its gate product before it reads w_up. */
+        if (rc == DUET_OK && overlaps(a->out, 4ull * a->n_rows * a->n, a->w_up, row * a->n))
+            rc = duet_error(DUET_ERR_INVALID_ARG, "matmul: out overlaps w_up");
     }
-    if (rc == DUET_OK && a->x.buf == a->out.buf) {
-        size_t xe = a->x.offset + 4ull * a->n_rows * a->k;
-        size_t oe = a->out.offset + 4ull * a->n_rows * a->n;
-        if (a->x.offset < oe && a->out.offset < xe)
-            rc = duet_error(DUET_ERR_INVALID_ARG, "matmul: out overlaps x");
-    }
+    if (rc == DUET_OK && overlaps(a->x, 4ull * a->n_rows * a->k, a->out, 4ull * a->n_rows * a->n))
+        rc = duet_error(DUET_ERR_INVALID_ARG, "matmul: out overlaps x");
     RECORD(matmul);
 }
 

@@ -99,9 +99,13 @@ typedef struct duet_matmul_args {
     duet_addr x;    /* f32[n_rows][k] */
     duet_addr w;    /* [n][k] of w_type: out = x . w^T */
     duet_addr bias; /* f32[n], optional (buf NULL = none) */
-    duet_addr out;  /* f32[n_rows][n]; must not overlap x */
+    duet_addr out;  /* f32[n_rows][n]; must not overlap x (nor w_up) */
     duet_dtype w_type;
     int n_rows, k, n;
+    duet_addr w_up; /* [n][k] of w_type, optional (buf NULL = none): the
+                       gated form, out = silu(x . w^T) * (x . w_up^T), with
+                       exactly the bits of matmul(w), matmul(w_up), swiglu
+                       on the same device; bias must be absent with it */
 } duet_matmul_args;
 
 typedef enum duet_rope_mode {

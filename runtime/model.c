@@ -429,12 +429,22 @@ static duet_status layer(duet_runner *r, const duet_batch *b, int l)
     /* Feed-forward: x += xn and xn = norm(x) in one op; xn = (silu(xn Wg)
      * * (xn Wu)) Wd, pending (the next norm, or the forward, adds it). */
     if (!rc) rc = rms_norm(r, r->x, S(r, r->xn), &lw->ffn_norm, r->xn, t);
-    if (!rc) rc = matmul(r, r->xn, &lw->w_gate, NULL, r->gate, t);
-    if (!rc) rc = matmul(r, r->xn, &lw->w_up, NULL, r->up, t);
-    if (!rc) {
-        duet_swiglu_args a = {.gate = S(r, r->gate), .up = S(r, r->up), .out = S(r, r->gate),
-                              .n_rows = t, .dim = c->ffn_dim};
-        rc = duet_dev_swiglu(d, r->stream, &a);
+    if (!rc && lw->w_up.type == lw->w_gate.type) {
+        /* One gated matmul: the bits of the three ops below, one dispatch. */
+        duet_matmul_args a = {
+            .x = S(r, r->xn), .w = lw->w_gate.addr, .w_up = lw->w_up.addr,
+            .out = S(r, r->gate), .w_type = lw->w_gate.type, .n_rows = t,
+            .k = (int)lw->w_gate.ne[0], .n = (int)lw->w_gate.ne[1],
+        };
+        rc = duet_dev_matmul(d, r->stream, &a);
+    } else {
+        if (!rc) rc = matmul(r, r->xn, &lw->w_gate, NULL, r->gate, t);
+        if (!rc) rc = matmul(r, r->xn, &lw->w_up, NULL, r->up, t);
+        if (!rc) {
+            duet_swiglu_args a = {.gate = S(r, r->gate), .up = S(r, r->up),
+                                  .out = S(r, r->gate), .n_rows = t, .dim = c->ffn_dim};
+            rc = duet_dev_swiglu(d, r->stream, &a);
+        }
     }
     if (!rc) rc = matmul(r, r->gate, &lw->w_down, NULL, r->xn, t);
     return rc;

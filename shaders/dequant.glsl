@@ -3,20 +3,31 @@
 // float operations of backends/cpu/quant.c (so an embedding row is
 // bit-identical to the CPU's): the per-element formulas below are the only
 // place those operations are written. The including shader declares the
-// weight buffer `wq` (words) and the constant WTYPE (a duet_dtype value).
+// weight buffer `wq` (words) and the constant WTYPE (a duet_dtype value);
+// a shader that defines DEQ_TWO_WEIGHTS also declares `wu` (the gated
+// matmul's up weights), read instead of wq while deq_sel is 1. deq_sel is
+// only ever set to a constant around a call, so once inlined each load
+// reads one buffer, and a shader that never sets it reads only wq.
 // Byte offsets are within the binding; 16-bit fields sit at even offsets.
 
 const uint T_F32 = 0u, T_F16 = 1u, T_Q4_0 = 2u, T_Q4_1 = 3u, T_Q8_0 = 8u;
 const uint T_Q4_K = 12u, T_Q5_K = 13u, T_Q6_K = 14u, T_BF16 = 30u;
 
-uint ld_u8(uint off) { return (wq[off >> 2] >> ((off & 3u) * 8u)) & 0xffu; }
-uint ld_u16(uint off) { return (wq[off >> 2] >> ((off & 2u) * 8u)) & 0xffffu; }
+#ifdef DEQ_TWO_WEIGHTS
+uint deq_sel = 0u;
+uint wq_word(uint i) { return deq_sel != 0u ? wu[i] : wq[i]; }
+#else
+uint wq_word(uint i) { return wq[i]; }
+#endif
+
+uint ld_u8(uint off) { return (wq_word(off >> 2) >> ((off & 3u) * 8u)) & 0xffu; }
+uint ld_u16(uint off) { return (wq_word(off >> 2) >> ((off & 2u) * 8u)) & 0xffffu; }
 // Four bytes at any offset (touches only words holding those bytes).
 uint ld_u32(uint off)
 {
     uint sh = (off & 3u) * 8u;
-    uint lo = wq[off >> 2];
-    return sh == 0u ? lo : (lo >> sh) | (wq[(off >> 2) + 1u] << (32u - sh));
+    uint lo = wq_word(off >> 2);
+    return sh == 0u ? lo : (lo >> sh) | (wq_word((off >> 2) + 1u) << (32u - sh));
 }
 
 int sext8(uint b) { return int(b << 24) >> 24; }
@@ -146,7 +157,7 @@ void deq32(uint row, uint u, uint cnt, out float w[32])
         uint b = (row >> 2) + 32u * u;
         [[unroll]] for (uint e = 0u; e < 32u; e++)
             if (e < cnt)
-                w[e] = uintBitsToFloat(wq[b + e]);
+                w[e] = uintBitsToFloat(wq_word(b + e));
     } else if (WTYPE == T_F16 || WTYPE == T_BF16) {
         uint b = row + 64u * u;
         [[unroll]] for (uint e = 0u; e < 32u; e++) {

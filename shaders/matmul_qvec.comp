@@ -27,8 +27,29 @@ layout(std430, set = 0, binding = 0) readonly buffer Buf0v { uvec4 x4[]; };
 BUF_RO(1, wq)
 BUF_RO(2, bias)
 BUF_WO(3, outb)
+BUF_RO(4, wu)
 #include "matmul_vec.glsl"
+#define DEQ_TWO_WEIGHTS
 #include "dequant.glsl"
+
+// acc[r] += part p of unit u's weights times row r's activations, in order.
+void part_acc(float w[8], uint nr, uint m0, uint u, uint p, inout float acc[MT])
+{
+    // x offsets of slots 0-3 and 4-7 within the unit
+    uint e0 = deq8_elem(p, 0u), e1 = deq8_elem(p, 4u);
+    [[unroll]] for (uint r = 0u; r < MT; r++) {
+        if (r < nr) {
+            uint xb = pc.x_off + (m0 + r) * pc.k + 32u * u;
+            vec4 xa = x_run4(xb + e0), xc = x_run4(xb + e1);
+            float s = acc[r];
+            [[unroll]] for (uint i = 0u; i < 4u; i++)
+                s += w[i] * xa[i];
+            [[unroll]] for (uint i = 0u; i < 4u; i++)
+                s += w[i + 4u] * xc[i];
+            acc[r] = s;
+        }
+    }
+}
 
 void main()
 {
@@ -38,28 +59,23 @@ void main()
     if (j >= pc.n) // uniform over the workgroup: no barrier is skipped unevenly
         return;
     uint nr = min(MT, pc.m - m0);
-    float acc[MT];
-    [[unroll]] for (uint r = 0u; r < MT; r++)
+    float acc[MT], acc_up[MT];
+    [[unroll]] for (uint r = 0u; r < MT; r++) {
         acc[r] = 0.0;
-    uint row = pc.w_off + j * pc.row_bytes;
+        acc_up[r] = 0.0;
+    }
+    uint row = pc.w_off + j * pc.row_bytes, row_up = pc.wu_off + j * pc.row_bytes;
     for (uint v = t; v < 4u * pc.units; v += 128u) {
         uint u = v >> 2, p = v & 3u;
         float w[8];
         deq8(row, u, p, w);
-        // x offsets of slots 0-3 and 4-7 within the unit
-        uint e0 = deq8_elem(p, 0u), e1 = deq8_elem(p, 4u);
-        [[unroll]] for (uint r = 0u; r < MT; r++) {
-            if (r < nr) {
-                uint xb = pc.x_off + (m0 + r) * pc.k + 32u * u;
-                vec4 xa = x_run4(xb + e0), xc = x_run4(xb + e1);
-                float s = acc[r];
-                [[unroll]] for (uint i = 0u; i < 4u; i++)
-                    s += w[i] * xa[i];
-                [[unroll]] for (uint i = 0u; i < 4u; i++)
-                    s += w[i + 4u] * xc[i];
-                acc[r] = s;
-            }
+        part_acc(w, nr, m0, u, p, acc);
+        if (GATED) {
+            deq_sel = 1u;
+            deq8(row_up, u, p, w);
+            deq_sel = 0u;
+            part_acc(w, nr, m0, u, p, acc_up);
         }
     }
-    vec_finish(acc, nr, m0, j);
+    vec_finish(acc, acc_up, nr, m0, j);
 }

@@ -20,12 +20,45 @@ layout(std430, set = 0, binding = 0) readonly buffer Buf0v { uvec4 x4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer Buf1 { uvec4 w4[]; };
 BUF_RO(2, bias)
 BUF_WO(3, outb)
+layout(std430, set = 0, binding = 4) readonly buffer Buf4 { uvec4 wu4[]; };
 #include "matmul_vec.glsl"
 
 const uint T_F32 = 0u, T_F16 = 1u;
 const uint EPP = WTYPE == T_F32 ? 4u : 8u; // weights per 16-byte piece
 
 float w16(uint h) { return WTYPE == T_F16 ? h2f(h) : uintBitsToFloat(h << 16); }
+
+// The 8 weights (F16/BF16) or 4 (F32, then 4 zeros) of one 16-byte piece.
+void piece_weights(uvec4 q, out float wv[8])
+{
+    [[unroll]] for (uint i = 0u; i < 4u; i++) {
+        if (WTYPE == T_F32) {
+            wv[i] = uintBitsToFloat(q[i]);
+            wv[i + 4u] = 0.0;
+        } else {
+            wv[2u * i] = w16(q[i] & 0xffffu);
+            wv[2u * i + 1u] = w16(q[i] >> 16);
+        }
+    }
+}
+
+// acc[r] += the piece's weights times row r's activations, in order.
+void piece_acc(float wv[8], uint nr, uint m0, uint p, inout float acc[MT])
+{
+    [[unroll]] for (uint r = 0u; r < MT; r++) {
+        if (r < nr) {
+            uint xb = pc.x_off + (m0 + r) * pc.k + EPP * p;
+            vec4 xa = x_run4(xb), xc = EPP == 8u ? x_run4(xb + 4u) : vec4(0.0);
+            float s = acc[r];
+            [[unroll]] for (uint e = 0u; e < 4u; e++)
+                s += wv[e] * xa[e];
+            [[unroll]] for (uint e = 0u; e < 4u; e++)
+                if (EPP == 8u)
+                    s += wv[e + 4u] * xc[e];
+            acc[r] = s;
+        }
+    }
+}
 
 void main()
 {
@@ -35,36 +68,22 @@ void main()
     if (j >= pc.n) // uniform over the workgroup: no barrier is skipped unevenly
         return;
     uint nr = min(MT, pc.m - m0);
-    float acc[MT];
-    [[unroll]] for (uint r = 0u; r < MT; r++)
+    float acc[MT], acc_up[MT];
+    [[unroll]] for (uint r = 0u; r < MT; r++) {
         acc[r] = 0.0;
+        acc_up[r] = 0.0;
+    }
     uint base = (pc.w_off + j * pc.row_bytes) >> 4; // in 16-byte pieces
+    uint base_up = (pc.wu_off + j * pc.row_bytes) >> 4;
     uint pieces = pc.k / EPP;
     for (uint p = t; p < pieces; p += 128u) {
-        uvec4 q = w4[base + p];
         float wv[8];
-        [[unroll]] for (uint i = 0u; i < 4u; i++) {
-            if (WTYPE == T_F32) {
-                wv[i] = uintBitsToFloat(q[i]);
-                wv[i + 4u] = 0.0;
-            } else {
-                wv[2u * i] = w16(q[i] & 0xffffu);
-                wv[2u * i + 1u] = w16(q[i] >> 16);
-            }
-        }
-        [[unroll]] for (uint r = 0u; r < MT; r++) {
-            if (r < nr) {
-                uint xb = pc.x_off + (m0 + r) * pc.k + EPP * p;
-                vec4 xa = x_run4(xb), xc = EPP == 8u ? x_run4(xb + 4u) : vec4(0.0);
-                float s = acc[r];
-                [[unroll]] for (uint e = 0u; e < 4u; e++)
-                    s += wv[e] * xa[e];
-                [[unroll]] for (uint e = 0u; e < 4u; e++)
-                    if (EPP == 8u)
-                        s += wv[e + 4u] * xc[e];
-                acc[r] = s;
-            }
+        piece_weights(w4[base + p], wv);
+        piece_acc(wv, nr, m0, p, acc);
+        if (GATED) {
+            piece_weights(wu4[base_up + p], wv);
+            piece_acc(wv, nr, m0, p, acc_up);
         }
     }
-    vec_finish(acc, nr, m0, j);
+    vec_finish(acc, acc_up, nr, m0, j);
 }

@@ -10,15 +10,25 @@
 // invocation per activation row. Nothing in this sequence depends on nr or
 // on the other rows' values, so a row's result is the same whatever it is
 // batched with.
+//
+// VARIANT bit 1 (GATED): out = silu(x.W^T) * (x.W_up^T), W_up bound at 4
+// (wu_off its byte offset there). The kernels keep a second set of
+// partials for row j of W_up, accumulated and reduced exactly like the
+// first, so both products have the plain kernel's bits; silu_mul is the
+// swiglu shader's expression. Without the bit the gated code is dead once
+// specialized.
 #extension GL_KHR_shader_subgroup_basic : enable
 #extension GL_KHR_shader_subgroup_arithmetic : enable
+#include "swiglu.glsl"
 layout(local_size_x = 128) in;
 layout(push_constant) uniform PC {
-    uint m, k, n, x_off, w_off, b_off, o_off, o_stride, row_bytes, has_bias, units;
+    uint m, k, n, x_off, w_off, b_off, o_off, o_stride, row_bytes, has_bias, units, wu_off;
 } pc;
 
+const bool GATED = (VARIANT & 2u) != 0u;
 const uint MT = 8u; // activation rows per workgroup: each weight is used for all of them
-shared float red[MT][128];
+const uint NRED = GATED ? 2u : 1u; // red[0]: x.W's subgroup sums, red[NRED-1]: x.W_up's
+shared float red[NRED][MT][128];
 
 // Activations: binding 0 is declared both as words (x) and as 16-byte
 // pieces (x4). Elements i .. i+3 (word indices into the binding, i - x_off
@@ -42,23 +52,35 @@ vec4 x_run4(uint i)
 uint vec_row() { return gl_WorkGroupID.y + gl_WorkGroupID.z * gl_NumWorkGroups.y; }
 uint vec_m0() { return gl_WorkGroupID.x * MT; }
 
-// out[m0 + r][j] = the workgroup's sum of acc[r] (+ bias[j]) for r < nr.
-// Every invocation of the workgroup calls it (it holds a barrier).
-void vec_finish(float acc[MT], uint nr, uint m0, uint j)
+// out[m0 + r][j] = the workgroup's sum of acc[r] (+ bias[j]) for r < nr;
+// GATED: silu_mul(that sum, the sum of acc_up[r]). Every invocation of the
+// workgroup calls it (it holds a barrier).
+void vec_finish(float acc[MT], float acc_up[MT], uint nr, uint m0, uint j)
 {
     [[unroll]] for (uint r = 0u; r < MT; r++) {
         float v = subgroupAdd(acc[r]);
         if (subgroupElect())
-            red[r][gl_SubgroupID] = v;
+            red[0][r][gl_SubgroupID] = v;
+        if (GATED) {
+            float vu = subgroupAdd(acc_up[r]);
+            if (subgroupElect())
+                red[NRED - 1u][r][gl_SubgroupID] = vu;
+        }
     }
     barrier();
     uint t = gl_LocalInvocationID.x;
     if (t < nr) {
         float v = 0.0;
         for (uint g = 0u; g < gl_NumSubgroups; g++)
-            v += red[t][g];
-        if (pc.has_bias != 0u)
+            v += red[0][t][g];
+        if (GATED) {
+            float u = 0.0;
+            for (uint g = 0u; g < gl_NumSubgroups; g++)
+                u += red[NRED - 1u][t][g];
+            v = silu_mul(v, u);
+        } else if (pc.has_bias != 0u) {
             v += uintBitsToFloat(bias[pc.b_off + j]);
+        }
         outb[pc.o_off + (m0 + t) * pc.o_stride + j] = floatBitsToUint(v);
     }
 }

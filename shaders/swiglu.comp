@@ -1,6 +1,7 @@
 #version 450
 // swiglu: out[i] = silu(gate[i]) * up[i]; out may alias gate.
 #include "common.glsl"
+#include "swiglu.glsl"
 layout(local_size_x = 256) in;
 BUF_RO(0, gate)
 BUF_RO(1, up)
@@ -14,5 +15,5 @@ void main()
         return;
     float g = uintBitsToFloat(gate[pc.g_off + i]);
     float u = uintBitsToFloat(up[pc.u_off + i]);
-    outb[pc.o_off + i] = floatBitsToUint(g / (1.0 + exp(-g)) * u);
+    outb[pc.o_off + i] = floatBitsToUint(silu_mul(g, u));
 }

@@ -30,7 +30,7 @@ const char *const conform_op_names[] = {"embed",  "rms_norm", "matmul", "rope",
                                         "gather_rows", "sample", "model", NULL};
 
 typedef struct conform_row {
-    char op[16], shape[64], type[8];
+    char op[16], shape[64], type[16]; /* type: "Q4_1+glu" */
     const char *metric; /* "nmse" for the ops */
     double nmse, threshold; /* nmse: the metric's value */
     conform_status status;

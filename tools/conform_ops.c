@@ -300,6 +300,18 @@ static duet_status rec_matmul(duet_device *d, duet_stream *s, duet_buffer *const
     return duet_dev_matmul(d, s, &a);
 }
 
+/* The gated form: b[3] is w_up. */
+static duet_status rec_matmul_glu(duet_device *d, duet_stream *s, duet_buffer *const *b,
+                                  const void *p)
+{
+    duet_matmul_args a = *(const duet_matmul_args *)p;
+    a.x = at(b[0]);
+    a.w = at(b[1]);
+    a.out = at(b[2]);
+    a.w_up = at(b[3]);
+    return duet_dev_matmul(d, s, &a);
+}
+
 static duet_status cases_matmul(conform_run *r, rng_state *g)
 {
     static const int rows[] = {1, 7, 33};
@@ -327,6 +339,28 @@ static duet_status cases_matmul(conform_run *r, rng_state *g)
                 rc = conform_case_run(r, &c);
                 arena_free(&ar);
             }
+        }
+        /* The gated form (w_up): silu(x.W^T) * (x.W_up^T). */
+        for (int i = 0; i < 3 && rc == DUET_OK; i += 2) {
+            duet_matmul_args a = {.w_type = weight_types[t], .n_rows = rows[i], .k = 512,
+                                  .n = 96};
+            float *x = rand_f32(&ar, g, (size_t)a.n_rows * a.k, 1.0f);
+            void *w = rand_weights(&ar, g, a.w_type, a.n, a.k);
+            void *wu = rand_weights(&ar, g, a.w_type, a.n, a.k);
+            if (alloc_failed(&rc, x && w && wu))
+                goto out;
+            char type[16];
+            snprintf(type, sizeof type, "%s+glu", duet_dtype_get(a.w_type)->name);
+            conform_case c = {.op = "matmul", .type = type, .threshold = 5e-4,
+                              .record = rec_matmul_glu, .params = &a, .n_bufs = 4};
+            snprintf(c.shape, sizeof c.shape, "rows=%d k=%d n=%d w_up", a.n_rows, a.k, a.n);
+            size_t wbytes = duet_dtype_row_bytes(a.w_type, a.k) * a.n;
+            c.bufs[0] = buf_in(x, sizeof(float) * a.n_rows * a.k);
+            c.bufs[1] = buf_in(w, wbytes);
+            c.bufs[2] = buf_out(sizeof(float) * a.n_rows * a.n, CONFORM_CMP_F32);
+            c.bufs[3] = buf_in(wu, wbytes);
+            rc = conform_case_run(r, &c);
+            arena_free(&ar);
         }
     }
 out:

@@ -86,6 +86,10 @@ struct duet_stream {
     size_t n_cmds, cap_cmds;
     unsigned char *data; /* upload sources, copied at record time */
     size_t n_data, cap_data;
+    float *up;     /* the gated matmul's up product, sized at record time for
+                      the largest one recorded (the stream's own, so streams
+                      running one after another never share it) */
+    size_t cap_up; /* floats */
 
     /* The executor thread and its hand-off. */
     pthread_t thread;
@@ -166,6 +170,18 @@ static duet_status cpu_buffer_read(void *ctx, duet_addr src, void *dst, size_t n
 
 /* ---- execution ------------------------------------------------------------------ */
 
+/* out = x . w^T (+ bias) with a's shapes, on the reference or the fast
+ * kernels. */
+static void matmul_run(cpu_device *d, const void *w, float *out, const duet_matmul_args *a)
+{
+    if (d->reference)
+        duet_matmul_ref(cpu_ptr(a->x), w, a->w_type, cpu_ptr(a->bias), out, a->n_rows, a->k,
+                        a->n);
+    else
+        duet_matmul_isa_act(d->pool, d->isa, d->mm_act, cpu_ptr(a->x), w, a->w_type,
+                            cpu_ptr(a->bias), out, a->n_rows, a->k, a->n);
+}
+
 /* Run one recorded command, resolving {buffer, offset} operands now (the
  * buffers may have been written since recording). */
 static void exec_cmd(cpu_device *d, duet_stream *s, const cmd *c)
@@ -194,14 +210,16 @@ static void exec_cmd(cpu_device *d, duet_stream *s, const cmd *c)
         break;
     }
     case CMD_MATMUL: {
+        /* The gated form is the three ops it replaces, run one after the
+         * other: gate into out, up into the stream's scratch, then swiglu
+         * in place, so its bits are theirs. */
         const duet_matmul_args *a = &c->u.matmul;
-        if (ref)
-            duet_matmul_ref(cpu_ptr(a->x), cpu_ptr(a->w), a->w_type, cpu_ptr(a->bias),
-                            cpu_ptr(a->out), a->n_rows, a->k, a->n);
-        else
-            duet_matmul_isa_act(pool, d->isa, d->mm_act, cpu_ptr(a->x), cpu_ptr(a->w),
-                                a->w_type, cpu_ptr(a->bias), cpu_ptr(a->out), a->n_rows, a->k,
-                                a->n);
+        matmul_run(d, cpu_ptr(a->w), cpu_ptr(a->out), a);
+        if (a->w_up.buf) {
+            matmul_run(d, cpu_ptr(a->w_up), s->up, a);
+            cpu_swiglu k = {cpu_ptr(a->out), s->up, cpu_ptr(a->out), a->n_rows, a->n};
+            ref ? duet_cpu_swiglu_ref(&k) : duet_cpu_swiglu_fast(pool, &k);
+        }
         break;
     }
     case CMD_ROPE: {
@@ -350,6 +368,7 @@ static void cpu_stream_destroy(void *ctx, duet_stream *s)
     pthread_mutex_destroy(&s->mutex);
     free(s->cmds);
     free(s->data);
+    free(s->up);
     free(s);
 }
 
@@ -454,7 +473,6 @@ static duet_status cpu_download(void *ctx, duet_stream *s, duet_addr src, void *
 
 RECORDER(embed, CMD_EMBED, duet_embed_args)
 RECORDER(rms_norm, CMD_RMS_NORM, duet_rms_norm_args)
-RECORDER(matmul, CMD_MATMUL, duet_matmul_args)
 RECORDER(rope, CMD_ROPE, duet_rope_args)
 RECORDER(kv_write, CMD_KV_WRITE, duet_kv_write_args)
 RECORDER(attention, CMD_ATTENTION, duet_attention_args)
@@ -462,6 +480,30 @@ RECORDER(swiglu, CMD_SWIGLU, duet_swiglu_args)
 RECORDER(add, CMD_ADD, duet_add_args)
 RECORDER(gather_rows, CMD_GATHER_ROWS, duet_gather_rows_args)
 RECORDER(sample, CMD_SAMPLE, duet_sample_args)
+
+/* The gated form needs room for its up product; it is allocated here, at
+ * record time, where running out of memory can still be reported. */
+static duet_status rec_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
+{
+    (void)ctx;
+    size_t need = (size_t)a->n_rows * (size_t)a->n;
+    if (a->w_up.buf && need > s->cap_up) {
+        if (!s->recording)
+            return duet_error(DUET_ERR_INVALID_ARG,
+                              "cpu: recording into a stream outside stream_begin..stream_submit");
+        size_t bytes = (need * sizeof(float) + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
+        float *up = aligned_alloc(CPU_ALIGN, bytes);
+        if (!up)
+            return duet_error(DUET_ERR_OUT_OF_MEMORY,
+                              "cpu: out of memory for a gated matmul's %zu-float up product",
+                              need);
+        free(s->up);
+        s->up = up;
+        s->cap_up = need;
+    }
+    cmd c = {.kind = CMD_MATMUL, .u.matmul = *a};
+    return push_cmd(s, &c);
+}
 
 /* ---- the device --------------------------------------------------------------------- */
 

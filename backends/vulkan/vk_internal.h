@@ -59,8 +59,9 @@ typedef enum vk_shader {
     VK_SH_COUNT
 } vk_shader;
 /* Pipeline variants per shader: spec % 32 is a type (constant 0), spec / 32
- * a kernel variant (constant 1). */
-enum { VK_SPEC_VALUES = 64 };
+ * a kernel variant (constant 1; the matmuls: bit 0 per-output, bit 1
+ * gated). */
+enum { VK_SPEC_VALUES = 128 };
 
 /* What a physical device reports (probed once; never enable more). */
 typedef struct vk_caps {

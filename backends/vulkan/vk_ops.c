@@ -47,13 +47,15 @@ vk_binding duet_vk_dummy_binding(const vk_ctx *c)
 }
 
 /* Weight rows: the byte offset must suit the type's 16/32-bit fields. */
-static duet_status check_weight_offset(const char *op, duet_addr a, duet_dtype t)
+static duet_status check_weight_offset(const char *op, const char *name, duet_addr a,
+                                       duet_dtype t)
 {
     size_t need = t == DUET_F32 ? 4 : 2;
     if (a.offset % need)
         return duet_error(DUET_ERR_INVALID_ARG,
-                          "%s: weights at offset %zu; Vulkan needs a multiple of %zu for this type",
-                          op, a.offset, need);
+                          "%s: weights '%s' at offset %zu; Vulkan needs a multiple of %zu for "
+                          "this type",
+                          op, name, a.offset, need);
     return DUET_OK;
 }
 
@@ -164,7 +166,7 @@ duet_status duet_vk_gather_rows(void *ctx, duet_stream *s, const duet_gather_row
 duet_status duet_vk_embed(void *ctx, duet_stream *s, const duet_embed_args *a)
 {
     vk_ctx *c = ctx;
-    duet_status rc = check_weight_offset("embed", a->table, a->table_type);
+    duet_status rc = check_weight_offset("embed", "table", a->table, a->table_type);
     uint64_t row_bytes = duet_dtype_row_bytes(a->table_type, a->dim);
     uint64_t rows = duet_vk_max_bind(c) / row_bytes;
     if (rc)
@@ -241,10 +243,15 @@ static vk_shader vec_kernel(const vk_ctx *c, duet_dtype t, int k, uint32_t w_res
     }
 }
 
+/* The gated form (w_up) is the same dispatches with W_up bound at 4,
+ * split over the same rows as W, and kernel variant bit 1 set. */
 duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
 {
     vk_ctx *c = ctx;
-    duet_status rc = check_weight_offset("matmul", a->w, a->w_type);
+    int gated = a->w_up.buf != NULL;
+    duet_status rc = check_weight_offset("matmul", "w", a->w, a->w_type);
+    if (rc == DUET_OK && gated)
+        rc = check_weight_offset("matmul", "w_up", a->w_up, a->w_type);
     uint64_t row_bytes = duet_dtype_row_bytes(a->w_type, a->k);
     uint64_t max_words = duet_vk_max_bind(c) / 4;
     uint64_t n_piece = duet_vk_max_bind(c) / row_bytes;
@@ -266,12 +273,13 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
             m_piece = (uint64_t)MAX_GROUPS_X * MATMUL_MT;
         for (uint64_t m0 = 0; m0 < (uint64_t)a->n_rows && rc == DUET_OK; m0 += m_piece) {
             uint64_t mc = (uint64_t)a->n_rows - m0 < m_piece ? (uint64_t)a->n_rows - m0 : m_piece;
-            vk_binding b[4];
-            uint32_t w_res;
+            vk_binding b[5];
+            uint32_t w_res, wu_res = 0;
             struct {
                 uint32_t m, k, n, x_off, w_off, b_off, o_off, o_stride, row_bytes, has_bias, units;
+                uint32_t wu_off;
             } pc = {(uint32_t)mc, (uint32_t)a->k, (uint32_t)nc, 0, 0, 0, 0, (uint32_t)a->n,
-                    (uint32_t)row_bytes, a->bias.buf != NULL, (uint32_t)ceil_div(a->k, 32)};
+                    (uint32_t)row_bytes, a->bias.buf != NULL, (uint32_t)ceil_div(a->k, 32), 0};
             uint64_t x_lo = m0 * a->k * 4, x_hi = (m0 + mc) * a->k * 4;
             uint64_t o_lo = (m0 * a->n + n0) * 4, o_hi = ((m0 + mc - 1) * a->n + n0 + nc) * 4;
             if ((rc = duet_vk_bind_words(c, "matmul", "x", a->x, x_lo, x_hi, &b[0], &pc.x_off)) ||
@@ -285,10 +293,18 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
                                 &pc.b_off);
             else
                 b[2] = duet_vk_dummy_binding(c);
+            if (rc == DUET_OK && gated)
+                rc = duet_vk_bind_range(c, "matmul", "w_up", a->w_up, n0 * row_bytes,
+                                        (n0 + nc) * row_bytes, &b[4], &wu_res);
+            else
+                b[4] = duet_vk_dummy_binding(c);
             if (rc)
                 break;
+            pc.wu_off = wu_res;
             int per_output = c->caps.per_output_matmul;
             vk_shader vsh = vec_kernel(c, a->w_type, a->k, w_res);
+            if (gated && vec_kernel(c, a->w_type, a->k, wu_res) != vsh)
+                vsh = VK_SH_COUNT; /* both weights must suit the decode kernel */
             int vec = vsh != VK_SH_COUNT;
             uint32_t gx, gy, gz;
             if (vec || !per_output) {
@@ -307,12 +323,12 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
                 gy = 1;
                 gz = (uint32_t)ceil_div(groups, gx);
             }
+            uint32_t spec = (uint32_t)a->w_type + 64u * (uint32_t)gated;
             if (vec)
-                rc = duet_vk_dispatch(c, s, vsh, (uint32_t)a->w_type, b, 4, &pc, sizeof pc, gx,
-                                      gy, gz);
+                rc = duet_vk_dispatch(c, s, vsh, spec, b, 5, &pc, sizeof pc, gx, gy, gz);
             else
-                rc = duet_vk_dispatch(c, s, VK_SH_MATMUL, (uint32_t)a->w_type + 32u * per_output,
-                                      b, 4, &pc, sizeof pc, gx, gy, gz);
+                rc = duet_vk_dispatch(c, s, VK_SH_MATMUL, spec + 32u * per_output, b, 5, &pc,
+                                      sizeof pc, gx, gy, gz);
         }
     }
     return rc;

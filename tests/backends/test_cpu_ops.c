@@ -733,7 +733,7 @@ static void test_matmul_dispatch(void **state)
         duet_buffer *bb = fx_buf(&f, bias, sizeof(float) * N);
         duet_buffer *bo = fx_buf(&f, NULL, sizeof got);
         fx_begin(&f);
-        duet_matmul_args a = {at(bx), at(bw), at(bb), at(bo), DUET_F32, M, K, N};
+        duet_matmul_args a = {at(bx), at(bw), at(bb), at(bo), DUET_F32, M, K, N, {NULL, 0}};
         assert_int_equal(duet_dev_matmul(f.d, f.s, &a), DUET_OK);
         fx_finish(&f, bo, got, sizeof got);
         assert_nmse(got, want, M * N, 1e-10);

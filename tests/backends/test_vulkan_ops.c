@@ -443,7 +443,7 @@ static void run_matmul_shifted(side *x, duet_dtype t, const void *w, size_t wbyt
     duet_buffer *bo = vk_buffer(x, NULL, 4ull * m * n);
     begin(x);
     duet_matmul_args args = {
-        {bx, x_shift}, vk_at(bw), bb ? vk_at(bb) : none(), vk_at(bo), t, m, k, n};
+        {bx, x_shift}, vk_at(bw), bb ? vk_at(bb) : none(), vk_at(bo), t, m, k, n, none()};
     assert_int_equal(duet_dev_matmul(x->d, x->s, &args), DUET_OK);
     finish(x, bo, out, 4ull * m * n);
     duet_buffer *all[] = {bw, bx, bo, bb};
@@ -591,6 +591,108 @@ static void test_matmul_variants(void **state)
     variant_cases("vec", 4, 8);
 }
 
+/* ---- the gated matmul (w_up) ------------------------------------------------------ */
+
+/* On side x, in one recording: the three ops matmul W, matmul W_up, swiglu
+ * (gated = 0) or the gated matmul (gated = 1); out gets [m][n]. */
+static void run_glu(side *x, duet_dtype t, const void *w, const void *wu, size_t wbytes,
+                    const float *in, int m, int k, int n, int gated, float *out)
+{
+    size_t plane = 4ull * m * n;
+    duet_buffer *bx = vk_buffer(x, in, 4ull * m * k), *bw = vk_buffer(x, w, wbytes);
+    duet_buffer *bu = vk_buffer(x, wu, wbytes), *bg = vk_buffer(x, NULL, plane);
+    duet_buffer *bup = vk_buffer(x, NULL, plane);
+    begin(x);
+    duet_matmul_args a = {.x = vk_at(bx), .w = vk_at(bw), .out = vk_at(bg), .w_type = t,
+                          .n_rows = m, .k = k, .n = n};
+    if (gated) {
+        a.w_up = vk_at(bu);
+        assert_int_equal(duet_dev_matmul(x->d, x->s, &a), DUET_OK);
+    } else {
+        assert_int_equal(duet_dev_matmul(x->d, x->s, &a), DUET_OK);
+        a.w = vk_at(bu);
+        a.out = vk_at(bup);
+        assert_int_equal(duet_dev_matmul(x->d, x->s, &a), DUET_OK);
+        duet_swiglu_args sw = {vk_at(bg), vk_at(bup), vk_at(bg), m, n};
+        assert_int_equal(duet_dev_swiglu(x->d, x->s, &sw), DUET_OK);
+    }
+    finish(x, bg, out, plane);
+    duet_buffer *all[] = {bx, bw, bu, bg, bup};
+    free_bufs(x, all, 5);
+}
+
+/* On a device with DUET_VK_MATMUL=variant: for every weight type and m in
+ * {1, 9} (one row; a full group of 8 and one more), the gated matmul has exactly the bits of the three ops on
+ * the same device and matches the CPU reference's gated matmul; the gated
+ * pipeline of the forced kernel (sh_plain for F32/F16/BF16, sh_quant for
+ * the block types, variant bits `bits`) is the one created. */
+static void glu_variant_cases(const char *variant, vk_shader sh_plain, vk_shader sh_quant,
+                              uint32_t bits)
+{
+    static const int ms[] = {1, 9};
+    side saved = vk;
+    setenv("DUET_VK_MATMUL", variant, 1);
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
+    unsetenv("DUET_VK_MATMUL");
+    assert_int_equal(rc, DUET_OK);
+    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
+    for (int i = 0; i < N_WEIGHT_TYPES; i++) {
+        duet_dtype t = weight_types[i];
+        int k = duet_dtype_get(t)->block_elems > 32 ? 512 : 256, n = 21;
+        size_t bytes;
+        uint8_t *w = random_weights(t, n, k, &bytes), *wu = random_weights(t, n, k, &bytes);
+        for (int mi = 0; mi < 2; mi++) {
+            int m = ms[mi];
+            float *in = frand_array((size_t)m * k, 1), *three = malloc(4ull * m * n);
+            float *one = malloc(4ull * m * n), *want = malloc(4ull * m * n);
+            run_glu(&vk, t, w, wu, bytes, in, m, k, n, 0, three);
+            run_glu(&vk, t, w, wu, bytes, in, m, k, n, 1, one);
+            run_glu(&cpu, t, w, wu, bytes, in, m, k, n, 1, want);
+            char what[96];
+            snprintf(what, sizeof what, "gated matmul %s m=%d (%s) vs matmul+matmul+swiglu",
+                     duet_dtype_get(t)->name, m, variant);
+            for (size_t e = 0; e < (size_t)m * n; e++)
+                if (memcmp(&one[e], &three[e], 4) != 0)
+                    fail_msg("%s: element %zu is %.9g, the three ops give %.9g", what, e, one[e],
+                             three[e]);
+            snprintf(what, sizeof what, "gated matmul %s m=%d (%s) vs the CPU",
+                     duet_dtype_get(t)->name, m, variant);
+            vk_assert_match(what, one, want, (size_t)m * n, 5e-4);
+            free(in), free(three), free(one), free(want);
+        }
+        free(w), free(wu);
+        vk_shader sh = duet_dtype_get(t)->block_elems == 1 ? sh_plain : sh_quant;
+        const vk_ctx *c = vk.d->ctx;
+        if (c->pipes[sh][t + 32u * bits] == VK_NULL_HANDLE)
+            fail_msg("gated matmul %s (%s): the forced kernel's gated pipeline was not used",
+                     duet_dtype_get(t)->name, variant);
+    }
+    check_validation();
+    duet_dev_stream_destroy(vk.d, vk.s);
+    duet_device_close(vk.d);
+    vk = saved;
+}
+
+static void test_matmul_glu(void **state)
+{
+    (void)state;
+    /* W_up at an odd offset: refused, naming it. */
+    duet_buffer *bx = vk_buffer(&vk, NULL, 4 * 32), *bw = vk_buffer(&vk, NULL, 64 * 4 + 2);
+    duet_buffer *bo = vk_buffer(&vk, NULL, 4 * 4);
+    begin(&vk);
+    duet_matmul_args a = {.x = vk_at(bx), .w = vk_at(bw), .w_up = {bw, 1}, .out = vk_at(bo),
+                          .w_type = DUET_F16, .n_rows = 1, .k = 32, .n = 4};
+    assert_int_equal(duet_dev_matmul(vk.d, vk.s, &a), DUET_ERR_INVALID_ARG);
+    assert_non_null(strstr(duet_last_error(), "'w_up' at offset 1"));
+    finish(&vk, bo, (float[4]){0}, 4 * 4);
+    duet_buffer *all[] = {bx, bw, bo};
+    free_bufs(&vk, all, 3);
+
+    glu_variant_cases("tiled", VK_SH_MATMUL, VK_SH_MATMUL, 2);
+    glu_variant_cases("per-output", VK_SH_MATMUL, VK_SH_MATMUL, 3);
+    glu_variant_cases("vec", VK_SH_MATMUL_VEC, VK_SH_MATMUL_QVEC, 2);
+}
+
 /* Embed rows ids[0..n) of an F16 table and one matmul over all of it, on
  * both devices; the Vulkan results must match the reference's. */
 static void big_table_cases(const uint16_t *table, size_t bytes, int dim, int vocab,
@@ -627,6 +729,58 @@ static void test_big_weight(void **state)
     int32_t ids[] = {vocab - 1, 17000, 3, 16384};
     big_table_cases(table, bytes, dim, vocab, ids, 4, "160 MiB");
     free(table);
+    check_validation();
+}
+
+/* The gated matmul over one 160 MiB F16 buffer: W = rows 0 .. n-1, W_up =
+ * rows 1 .. n, each more than lavapipe binds at once, so the host splits
+ * both over the same weight rows (at different byte offsets). On side x:
+ * the three ops (gated = 0) or the gated matmul. */
+static void run_big_glu(side *x, const uint16_t *table, size_t bytes, const float *in, int dim,
+                        int n, int gated, float *out)
+{
+    size_t row = 2ull * dim;
+    duet_buffer *bt = vk_buffer(x, table, bytes), *bx = vk_buffer(x, in, 4ull * dim);
+    duet_buffer *bg = vk_buffer(x, NULL, 4ull * n), *bu = vk_buffer(x, NULL, 4ull * n);
+    begin(x);
+    duet_matmul_args a = {.x = vk_at(bx), .w = vk_at(bt), .out = vk_at(bg), .w_type = DUET_F16,
+                          .n_rows = 1, .k = dim, .n = n};
+    duet_addr w_up = {bt, row};
+    if (gated) {
+        a.w_up = w_up;
+        assert_int_equal(duet_dev_matmul(x->d, x->s, &a), DUET_OK);
+    } else {
+        assert_int_equal(duet_dev_matmul(x->d, x->s, &a), DUET_OK);
+        a.w = w_up;
+        a.out = vk_at(bu);
+        assert_int_equal(duet_dev_matmul(x->d, x->s, &a), DUET_OK);
+        duet_swiglu_args sw = {vk_at(bg), vk_at(bu), vk_at(bg), 1, n};
+        assert_int_equal(duet_dev_swiglu(x->d, x->s, &sw), DUET_OK);
+    }
+    finish(x, bg, out, 4ull * n);
+    duet_buffer *all[] = {bt, bx, bg, bu};
+    free_bufs(x, all, 4);
+}
+
+static void test_big_weight_glu(void **state)
+{
+    (void)state;
+    int dim = 4096, vocab = 20480, n = vocab - 1; /* F16: 8 KiB rows, 160 MiB */
+    size_t bytes = 2ull * dim * vocab;
+    uint16_t *table = malloc(bytes);
+    for (size_t i = 0; i < bytes / 2; i++)
+        table[i] = duet_f32_to_f16(vk_frand());
+    float *in = frand_array(dim, 1), *three = malloc(4ull * n), *one = malloc(4ull * n);
+    float *want = malloc(4ull * n);
+    run_big_glu(&vk, table, bytes, in, dim, n, 0, three);
+    run_big_glu(&vk, table, bytes, in, dim, n, 1, one);
+    run_big_glu(&cpu, table, bytes, in, dim, n, 1, want);
+    for (int e = 0; e < n; e++)
+        if (memcmp(&one[e], &three[e], 4) != 0)
+            fail_msg("gated matmul F16 160 MiB: element %d is %.9g, the three ops give %.9g", e,
+                     one[e], three[e]);
+    vk_assert_match("gated matmul F16 160 MiB vs the CPU", one, want, (size_t)n, 5e-4);
+    free(table), free(in), free(three), free(one), free(want);
     check_validation();
 }
 
@@ -894,8 +1048,8 @@ static void run_chain(side *x, const float *h0, const float *nw, const void *w, 
     for (int i = 0; i < rows * dim; i++)
         staging[i] = 1e30f; /* must not reach the device */
     duet_rms_norm_args rn = {vk_at(bh), vk_at(bn), vk_at(bx), rows, dim, 1e-6f, none()};
-    duet_matmul_args mm = {vk_at(bx), vk_at(bw), none(), vk_at(by), DUET_Q8_0, rows, dim, n};
-    duet_matmul_args mm2 = {vk_at(bx), vk_at(bw), none(), vk_at(bz), DUET_Q8_0, rows, dim, n};
+    duet_matmul_args mm = {vk_at(bx), vk_at(bw), none(), vk_at(by), DUET_Q8_0, rows, dim, n, none()};
+    duet_matmul_args mm2 = {vk_at(bx), vk_at(bw), none(), vk_at(bz), DUET_Q8_0, rows, dim, n, none()};
     duet_swiglu_args sw = {vk_at(by), vk_at(bz), vk_at(by), rows, n};
     duet_add_args ad = {vk_at(by), vk_at(bz), (int64_t)rows * n};
     assert_int_equal(duet_dev_rms_norm(x->d, x->s, &rn), DUET_OK);
@@ -994,11 +1148,13 @@ int main(void)
         cmocka_unit_test(test_embed_prev_tokens),
         cmocka_unit_test(test_matmul_types),
         cmocka_unit_test(test_matmul_variants),
+        cmocka_unit_test(test_matmul_glu),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_kv_write),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_chain_one_recording),
         cmocka_unit_test(test_big_weight),
+        cmocka_unit_test(test_big_weight_glu),
         cmocka_unit_test(test_big_weight_chunked),
     };
     return vk_fixture_close(&vk, &cpu, cmocka_run_group_tests(tests, NULL, NULL));

@@ -53,7 +53,8 @@ static void test_spirv_write_masks(void **state)
     (void)state;
     static const struct { const char *name; uint8_t used, written; } want[] = {
         {"add", 0x03, 0x01},      {"swiglu", 0x07, 0x04},    {"rms_norm", 0x07, 0x04},
-        {"gather_rows", 0x07, 0x04}, {"embed", 0x0f, 0x04},   {"matmul", 0x0f, 0x08},
+        {"gather_rows", 0x07, 0x04}, {"embed", 0x0f, 0x04},   {"matmul", 0x1f, 0x08},
+        {"matmul_vec", 0x1f, 0x08}, {"matmul_qvec", 0x1f, 0x08}, /* 4: the gated form's W_up */
         {"rope", 0x1f, 0x03},     {"kv_write", 0x1f, 0x18},  {"attention", 0x7f, 0x40},
         {"rms_norm_add", 0x0f, 0x05},
     };

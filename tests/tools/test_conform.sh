@@ -28,8 +28,12 @@ assert all(r["status"] == "PASS" for r in d["results"])
 assert d["summary"]["fail"] == 0 and d["summary"]["pass"] == len(d["results"])
 assert d["backends"] == ["cpu-ref", "cpu"]
 mm = [r for r in d["results"] if r["op"] == "matmul"]
-assert len({r["type"] for r in mm}) == 9 and len(mm) == 54, len(mm)
 assert all(r["threshold"] == 5e-4 for r in mm)
+glu = [r for r in mm if r["type"].endswith("+glu")]
+mm = [r for r in mm if r not in glu]
+assert len({r["type"] for r in mm}) == 9 and len(mm) == 54, len(mm)
+assert len({r["type"] for r in glu}) == 9 and len(glu) == 18, len(glu)
+assert all(r["shape"].endswith(" w_up") for r in glu)
 ' "$tmp/ref.json" 2>"$tmp/err"; then
   ok "conform JSON is valid and complete"
 else
