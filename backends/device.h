@@ -104,8 +104,8 @@ typedef enum duet_rope_mode {
 } duet_rope_mode;
 
 /* Rotary embedding parameters, one meaning for rope and for kv_write's
- * fused rotation: a pair of dims of a head at position p is rotated by
- * p * theta_base^(-2i/rot_dim) / freq_factors[i] (pair i). */
+ * fused rotation: pair i of the leading rot_dim dims of a head at position
+ * p is rotated by the angle p * theta_base^(-2i/rot_dim) / freq_factors[i]. */
 typedef struct duet_rope_spec {
     duet_addr positions;    /* int32[n_tokens]; kv_write: buf NULL = no
                                rotation (the other fields are then unused) */
@@ -118,9 +118,10 @@ typedef struct duet_rope_spec {
 
 typedef struct duet_rope_args {
     duet_addr q;         /* f32[n_tokens][n_heads][head_dim], in place */
-    duet_addr k;         /* f32[n_tokens][n_kv_heads][head_dim], in place;
-                            optional: buf NULL = rotate q only (n_kv_heads is
-                            then not used; kv_write can rotate k instead) */
+    duet_addr k;         /* f32[n_tokens][n_kv_heads][head_dim], in place,
+                            not overlapping q; optional: buf NULL = rotate q
+                            only (n_kv_heads is then not used; kv_write can
+                            rotate k instead) */
     duet_rope_spec rope; /* positions required */
     int n_tokens, n_heads, n_kv_heads, head_dim;
 } duet_rope_args;
