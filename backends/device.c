@@ -7,6 +7,7 @@
  */
 #include "device.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -321,26 +322,47 @@ duet_status duet_dev_matmul(duet_device *d, duet_stream *s, const duet_matmul_ar
     RECORD(matmul);
 }
 
+/* A rope spec's parameters and operands (positions for n_tokens, the
+ * optional freq_factors); op and the field prefix name it in messages. */
+static duet_status check_rope_spec(duet_device *d, const char *op, const char *prefix,
+                                   const duet_rope_spec *r, int n_tokens, int head_dim)
+{
+    char name[48];
+    if (r->rot_dim <= 0 || r->rot_dim > head_dim || r->rot_dim % 2)
+        return duet_error(DUET_ERR_INVALID_ARG,
+                          "%s: %srot_dim %d must be even and in (0, head_dim %d]", op, prefix,
+                          r->rot_dim, head_dim);
+    if (r->mode != DUET_ROPE_NORMAL && r->mode != DUET_ROPE_NEOX)
+        return duet_error(DUET_ERR_INVALID_ARG, "%s: %smode %d is not NORMAL (0) or NEOX (1)",
+                          op, prefix, (int)r->mode);
+    if (!(r->theta_base > 0.0f))
+        return duet_error(DUET_ERR_INVALID_ARG, "%s: %stheta_base %g must be > 0", op, prefix,
+                          r->theta_base);
+    snprintf(name, sizeof name, "%spositions", prefix);
+    duet_status rc = check_range(d, op, name, r->positions, 4ull * n_tokens);
+    snprintf(name, sizeof name, "%sfreq_factors", prefix);
+    CHECK(check_optional(d, op, name, r->freq_factors, 4ull * (r->rot_dim / 2)));
+    return rc;
+}
+
 duet_status duet_dev_rope(duet_device *d, duet_stream *s, const duet_rope_args *a)
 {
     duet_status rc = DUET_OK;
+    int has_k = a->k.buf != NULL;
     CHECK(check_positive("rope", "n_tokens", a->n_tokens));
     CHECK(check_positive("rope", "n_heads", a->n_heads));
-    CHECK(check_positive("rope", "n_kv_heads", a->n_kv_heads));
+    if (has_k)
+        CHECK(check_positive("rope", "n_kv_heads", a->n_kv_heads));
     CHECK(check_positive("rope", "head_dim", a->head_dim));
-    if (rc == DUET_OK && (a->rot_dim <= 0 || a->rot_dim > a->head_dim || a->rot_dim % 2))
-        rc = duet_error(DUET_ERR_INVALID_ARG,
-                        "rope: rot_dim %d must be even and in (0, head_dim %d]", a->rot_dim,
-                        a->head_dim);
-    if (rc == DUET_OK && a->mode != DUET_ROPE_NORMAL && a->mode != DUET_ROPE_NEOX)
-        rc = duet_error(DUET_ERR_INVALID_ARG, "rope: unknown mode %d", (int)a->mode);
-    if (rc == DUET_OK && !(a->theta_base > 0.0f))
-        rc = duet_error(DUET_ERR_INVALID_ARG, "rope: theta_base %g must be > 0", a->theta_base);
+    CHECK(check_rope_spec(d, "rope", "", &a->rope, a->n_tokens, a->head_dim));
     uint64_t t = (uint64_t)a->n_tokens;
-    CHECK(check_range(d, "rope", "q", a->q, 4 * t * a->n_heads * a->head_dim));
-    CHECK(check_range(d, "rope", "k", a->k, 4 * t * a->n_kv_heads * a->head_dim));
-    CHECK(check_range(d, "rope", "positions", a->positions, 4 * t));
-    CHECK(check_optional(d, "rope", "freq_factors", a->freq_factors, 4ull * (a->rot_dim / 2)));
+    uint64_t qn = 4 * t * a->n_heads * a->head_dim, kn = 4 * t * a->n_kv_heads * a->head_dim;
+    CHECK(check_range(d, "rope", "q", a->q, qn));
+    if (has_k)
+        CHECK(check_range(d, "rope", "k", a->k, kn));
+    if (rc == DUET_OK && has_k && overlaps(a->q, qn, a->k, kn))
+        rc = duet_error(DUET_ERR_INVALID_ARG, "rope: k (offset %zu) overlaps q (offset %zu)",
+                        a->k.offset, a->q.offset);
     RECORD(rope);
 }
 
@@ -361,6 +383,21 @@ duet_status duet_dev_kv_write(duet_device *d, duet_stream *s, const duet_kv_writ
     CHECK(check_range(d, "kv_write", "slot_mapping", a->slot_mapping, 4ull * a->n_tokens));
     CHECK(check_range(d, "kv_write", "k_cache", a->k_cache, cache));
     CHECK(check_range(d, "kv_write", "v_cache", a->v_cache, cache));
+    if (a->rope.positions.buf) {
+        const duet_rope_spec *r = &a->rope;
+        CHECK(check_rope_spec(d, "kv_write", "rope.", r, a->n_tokens, a->head_dim));
+        /* The rotation reads these while the caches are written. */
+        uint64_t pn = 4ull * a->n_tokens, fn = 4ull * (r->rot_dim / 2);
+        const char *hit = NULL;
+        if (overlaps(r->positions, pn, a->k_cache, cache) ||
+            overlaps(r->positions, pn, a->v_cache, cache))
+            hit = "positions";
+        else if (overlaps(r->freq_factors, fn, a->k_cache, cache) ||
+                 overlaps(r->freq_factors, fn, a->v_cache, cache))
+            hit = "freq_factors";
+        if (rc == DUET_OK && hit)
+            rc = duet_error(DUET_ERR_INVALID_ARG, "kv_write: rope.%s overlaps a KV cache", hit);
+    }
     RECORD(kv_write);
 }
 

@@ -44,7 +44,7 @@
 #include "duet.h"
 #include "dtype.h"
 
-#define DUET_DEVICE_OPS_VERSION 2
+#define DUET_DEVICE_OPS_VERSION 3 /* 3: the fused forms (rms_norm residual, matmul w_up, kv_write rope) */
 
 typedef struct duet_buffer duet_buffer; /* backend-defined */
 typedef struct duet_stream duet_stream; /* backend-defined */
@@ -113,22 +113,38 @@ typedef enum duet_rope_mode {
     DUET_ROPE_NEOX = 1,   /* rotate pairs (i, i + rot_dim/2) */
 } duet_rope_mode;
 
-typedef struct duet_rope_args {
-    duet_addr q;            /* f32[n_tokens][n_heads][head_dim], in place */
-    duet_addr k;            /* f32[n_tokens][n_kv_heads][head_dim], in place */
-    duet_addr positions;    /* int32[n_tokens] */
+/* Rotary embedding parameters, one meaning for rope and for kv_write's
+ * fused rotation: pair i of the leading rot_dim dims of a head at position
+ * p is rotated by the angle p * theta_base^(-2i/rot_dim) / freq_factors[i]. */
+typedef struct duet_rope_spec {
+    duet_addr positions;    /* int32[n_tokens]; kv_write: buf NULL = no
+                               rotation (the other fields are then unused) */
     duet_addr freq_factors; /* f32[rot_dim/2], optional: divides each
                                frequency (llama3 scaling, rope_freqs) */
-    int n_tokens, n_heads, n_kv_heads, head_dim;
     int rot_dim;            /* leading dims rotated, <= head_dim, even */
     duet_rope_mode mode;
-    float theta_base;       /* freq_i = theta_base^(-2i/rot_dim) / factor_i */
+    float theta_base;
+} duet_rope_spec;
+
+typedef struct duet_rope_args {
+    duet_addr q;         /* f32[n_tokens][n_heads][head_dim], in place */
+    duet_addr k;         /* f32[n_tokens][n_kv_heads][head_dim], in place,
+                            not overlapping q; optional: buf NULL = rotate q
+                            only (n_kv_heads is then not used; kv_write can
+                            rotate k instead) */
+    duet_rope_spec rope; /* positions required */
+    int n_tokens, n_heads, n_kv_heads, head_dim;
 } duet_rope_args;
 
 typedef struct duet_kv_write_args {
-    duet_addr k, v;         /* f32[n_tokens][n_kv_heads][head_dim] */
+    duet_addr k, v;         /* f32[n_tokens][n_kv_heads][head_dim], read only */
     duet_addr slot_mapping; /* int32[n_tokens], -1 = skip */
     duet_addr k_cache, v_cache; /* one layer, see the layout above */
+    duet_rope_spec rope;    /* optional (positions.buf NULL = none): store
+                               each k row rotated, bit for bit as the rope
+                               op rotates it on the same device; v and the
+                               k operand itself are not rotated. Its
+                               operands must not overlap the caches */
     duet_dtype cache_type;  /* F32 or F16 */
     int n_tokens, n_kv_heads, head_dim, num_blocks, block_size;
 } duet_kv_write_args;

@@ -386,26 +386,27 @@ static duet_status layer(duet_runner *r, const duet_batch *b, int l)
 
     /* Attention: x += the previous layer's FFN output (pending in xn, added
      * by the norm); xn = norm(x); q, k, v = xn W (+ b); rotate q and k by
-     * position; store k and v in the paged cache; attend over each
-     * sequence's cached context; xn = att Wo, pending. */
+     * position (k on its way into the paged cache, so the two ops do not
+     * depend on each other); attend over each sequence's cached context;
+     * xn = att Wo, pending. */
     duet_addr pending = l > 0 ? S(r, r->xn) : (duet_addr){0};
     if (!rc) rc = rms_norm(r, r->x, pending, &lw->attn_norm, r->xn, t);
     if (!rc) rc = matmul(r, r->xn, &lw->wq, bq, r->q, t);
     if (!rc) rc = matmul(r, r->xn, &lw->wk, bk, r->k, t);
     if (!rc) rc = matmul(r, r->xn, &lw->wv, bv, r->v, t);
+    duet_rope_spec rope = {
+        .positions = S(r, r->positions), .freq_factors = r->w->rope_freqs.addr,
+        .rot_dim = c->rope_dim, .mode = c->rope_mode, .theta_base = c->rope_theta,
+    };
     if (!rc) {
-        duet_rope_args a = {
-            .q = S(r, r->q), .k = S(r, r->k), .positions = S(r, r->positions),
-            .freq_factors = r->w->rope_freqs.addr, .n_tokens = t, .n_heads = c->n_heads,
-            .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .rot_dim = c->rope_dim,
-            .mode = c->rope_mode, .theta_base = c->rope_theta,
-        };
+        duet_rope_args a = {.q = S(r, r->q), .rope = rope, .n_tokens = t,
+                            .n_heads = c->n_heads, .head_dim = c->head_dim};
         rc = duet_dev_rope(d, r->stream, &a);
     }
     if (!rc) {
         duet_kv_write_args a = {
             .k = S(r, r->k), .v = S(r, r->v), .slot_mapping = S(r, r->slots),
-            .k_cache = k_cache, .v_cache = v_cache, .cache_type = r->o.kv_type,
+            .k_cache = k_cache, .v_cache = v_cache, .rope = rope, .cache_type = r->o.kv_type,
             .n_tokens = t, .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
             .num_blocks = r->o.num_blocks, .block_size = r->o.block_size,
         };

@@ -369,55 +369,71 @@ out:
 }
 
 /* ---- rope and kv_write --------------------------------------------------------- */
+/* A rope case with n_kv_heads 0 rotates q only: its buffers are q,
+ * positions and freq_factors; otherwise q, k, positions, freq_factors. */
 static duet_status rec_rope(duet_device *d, duet_stream *s, duet_buffer *const *b,
                             const void *p)
 {
     duet_rope_args a = *(const duet_rope_args *)p;
+    int has_k = a.n_kv_heads > 0;
     a.q = at(b[0]);
-    a.k = at(b[1]);
-    a.positions = at(b[2]);
-    a.freq_factors = (duet_addr){b[3], 0};
+    a.k = (duet_addr){has_k ? b[1] : NULL, 0};
+    a.rope.positions = at(b[1 + has_k]);
+    a.rope.freq_factors = (duet_addr){b[2 + has_k], 0};
     return duet_dev_rope(d, s, &a);
+}
+
+/* Random positions (the first 0) and llama3-like frequency factors in
+ * [1, 8]. */
+static void rand_rope_inputs(rng_state *g, int32_t *pos, int n_tokens, float *f, int n_f)
+{
+    for (int i = 0; i < n_tokens; i++)
+        pos[i] = i == 0 ? 0 : (int32_t)(rng_u32(g) % 4000);
+    for (int i = 0; i < n_f; i++)
+        f[i] = 1.0f + 7.0f * (rng_f(g) + 1.0f) / 2.0f;
 }
 
 static duet_status cases_rope(conform_run *r, rng_state *g)
 {
     duet_status rc = DUET_OK;
     arena ar = {0};
-    for (int mode = 0; mode < 2 && rc == DUET_OK; mode++) {
-        for (int ff = 0; ff < 2 && rc == DUET_OK; ff++) {
-            duet_rope_args a = {.n_tokens = 6, .n_heads = 8, .n_kv_heads = 2, .head_dim = 64,
-                                .rot_dim = ff ? 64 : 32, .mode = (duet_rope_mode)mode,
-                                .theta_base = 10000.0f};
-            size_t nq = (size_t)a.n_tokens * a.n_heads * a.head_dim;
-            size_t nk = (size_t)a.n_tokens * a.n_kv_heads * a.head_dim;
-            float *q = rand_f32(&ar, g, nq, 2.0f), *k = rand_f32(&ar, g, nk, 2.0f);
-            int32_t *pos = arena_alloc(&ar, sizeof(int32_t) * a.n_tokens);
-            float *f = rand_f32(&ar, g, a.rot_dim / 2, 1.0f);
-            if (alloc_failed(&rc, q && k && pos && f))
-                goto out;
-            for (int i = 0; i < a.n_tokens; i++)
-                pos[i] = i == 0 ? 0 : (int32_t)(rng_u32(g) % 4000);
-            for (int i = 0; i < a.rot_dim / 2; i++)
-                f[i] = 1.0f + 7.0f * (f[i] + 1.0f) / 2.0f; /* llama3-like 1..8 */
-            conform_case c = {.op = "rope", .type = "F32", .threshold = 1e-7,
-                              .record = rec_rope, .params = &a, .n_bufs = ff ? 4 : 3};
-            snprintf(c.shape, sizeof c.shape, "%s tokens=%d heads=%d/%d rot=%d/%d%s",
-                     mode ? "neox" : "normal", a.n_tokens, a.n_heads, a.n_kv_heads, a.rot_dim,
-                     a.head_dim, ff ? " freq_factors" : "");
-            c.bufs[0] = (conform_buf){q, nq * sizeof(float), CONFORM_INOUT, CONFORM_CMP_F32};
-            c.bufs[1] = (conform_buf){k, nk * sizeof(float), CONFORM_INOUT, CONFORM_CMP_F32};
-            c.bufs[2] = buf_in(pos, sizeof(int32_t) * a.n_tokens);
-            c.bufs[3] = buf_in(f, sizeof(float) * (a.rot_dim / 2));
-            rc = conform_case_run(r, &c);
-            arena_free(&ar);
-        }
+    /* mode x freq_factors, then q only (no k) with freq_factors per mode */
+    for (int v = 0; v < 6 && rc == DUET_OK; v++) {
+        int mode = v % 2, ff = v >= 2, has_k = v < 4;
+        duet_rope_args a = {.n_tokens = 6, .n_heads = 8, .n_kv_heads = has_k ? 2 : 0,
+                            .head_dim = 64,
+                            .rope = {.rot_dim = ff ? 64 : 32, .mode = (duet_rope_mode)mode,
+                                     .theta_base = 10000.0f}};
+        int half = a.rope.rot_dim / 2;
+        size_t nq = (size_t)a.n_tokens * a.n_heads * a.head_dim;
+        size_t nk = (size_t)a.n_tokens * a.n_kv_heads * a.head_dim;
+        float *q = rand_f32(&ar, g, nq, 2.0f), *k = has_k ? rand_f32(&ar, g, nk, 2.0f) : NULL;
+        int32_t *pos = arena_alloc(&ar, sizeof(int32_t) * a.n_tokens);
+        float *f = arena_alloc(&ar, sizeof(float) * half);
+        if (alloc_failed(&rc, q && (k || !has_k) && pos && f))
+            goto out;
+        rand_rope_inputs(g, pos, a.n_tokens, f, half);
+        conform_case c = {.op = "rope", .type = "F32", .threshold = 1e-7,
+                          .record = rec_rope, .params = &a, .n_bufs = 2 + has_k + ff};
+        snprintf(c.shape, sizeof c.shape, "%s tokens=%d heads=%d/%d rot=%d/%d%s",
+                 mode ? "neox" : "normal", a.n_tokens, a.n_heads, a.n_kv_heads, a.rope.rot_dim,
+                 a.head_dim, ff ? " freq_factors" : "");
+        int i = 0;
+        c.bufs[i++] = (conform_buf){q, nq * sizeof(float), CONFORM_INOUT, CONFORM_CMP_F32};
+        if (has_k)
+            c.bufs[i++] = (conform_buf){k, nk * sizeof(float), CONFORM_INOUT, CONFORM_CMP_F32};
+        c.bufs[i++] = buf_in(pos, sizeof(int32_t) * a.n_tokens);
+        c.bufs[i++] = buf_in(f, sizeof(float) * half);
+        rc = conform_case_run(r, &c);
+        arena_free(&ar);
     }
 out:
     arena_free(&ar);
     return rc;
 }
 
+/* A kv_write case with rope.rot_dim > 0 rotates k: buffers 5 and 6 are
+ * positions and (when there are 7) freq_factors. */
 static duet_status rec_kv_write(duet_device *d, duet_stream *s, duet_buffer *const *b,
                                 const void *p)
 {
@@ -427,6 +443,8 @@ static duet_status rec_kv_write(duet_device *d, duet_stream *s, duet_buffer *con
     a.slot_mapping = at(b[2]);
     a.k_cache = at(b[3]);
     a.v_cache = at(b[4]);
+    a.rope.positions = (duet_addr){a.rope.rot_dim ? b[5] : NULL, 0};
+    a.rope.freq_factors = (duet_addr){a.rope.rot_dim ? b[6] : NULL, 0};
     return duet_dev_kv_write(d, s, &a);
 }
 
@@ -434,30 +452,45 @@ static duet_status cases_kv_write(conform_run *r, rng_state *g)
 {
     duet_status rc = DUET_OK;
     arena ar = {0};
-    for (int f16 = 0; f16 < 2 && rc == DUET_OK; f16++) {
+    /* F32 and F16 caches x no rotation, normal rope (rot 32 of 64),
+     * neox rope with freq_factors (rot 48 of 64) */
+    for (int v = 0; v < 6 && rc == DUET_OK; v++) {
+        int f16 = v / 3, rope = v % 3;
         duet_kv_write_args a = {.cache_type = f16 ? DUET_F16 : DUET_F32, .n_tokens = 9,
                                 .n_kv_heads = 2, .head_dim = 64, .num_blocks = 6,
                                 .block_size = 16};
+        if (rope)
+            a.rope = (duet_rope_spec){.rot_dim = rope == 1 ? 32 : 48,
+                                      .mode = rope == 1 ? DUET_ROPE_NORMAL : DUET_ROPE_NEOX,
+                                      .theta_base = 500000.0f};
+        int half = a.rope.rot_dim / 2;
         size_t n = (size_t)a.n_tokens * a.n_kv_heads * a.head_dim;
         size_t cache = (size_t)a.num_blocks * a.block_size * a.n_kv_heads * a.head_dim *
                        (f16 ? 2 : 4);
-        float *k = rand_f32(&ar, g, n, 2.0f), *v = rand_f32(&ar, g, n, 2.0f);
+        float *k = rand_f32(&ar, g, n, 2.0f), *v_ = rand_f32(&ar, g, n, 2.0f);
         int32_t *slots = arena_alloc(&ar, sizeof(int32_t) * a.n_tokens);
-        if (alloc_failed(&rc, k && v && slots))
+        int32_t *pos = arena_alloc(&ar, sizeof(int32_t) * a.n_tokens);
+        float *f = arena_alloc(&ar, sizeof(float) * half);
+        if (alloc_failed(&rc, k && v_ && slots && pos && f))
             goto out;
         for (int i = 0; i < a.n_tokens; i++) /* distinct slots, one skipped token */
             slots[i] = i == 3 ? -1 : (i * 37 + 5) % (a.num_blocks * a.block_size);
+        rand_rope_inputs(g, pos, a.n_tokens, f, half);
         conform_cmp cmp = f16 ? CONFORM_CMP_F16 : CONFORM_CMP_F32;
         conform_case c = {.op = "kv_write", .type = f16 ? "F16" : "F32", .threshold = 1e-7,
-                          .record = rec_kv_write, .params = &a, .n_bufs = 5};
-        snprintf(c.shape, sizeof c.shape, "tokens=%d kv_heads=%d head_dim=%d blocks=%dx%d",
-                 a.n_tokens, a.n_kv_heads, a.head_dim, a.num_blocks, a.block_size);
+                          .record = rec_kv_write, .params = &a,
+                          .n_bufs = rope == 0 ? 5 : rope == 1 ? 6 : 7};
+        snprintf(c.shape, sizeof c.shape, "tokens=%d kv_heads=%d head_dim=%d blocks=%dx%d%s",
+                 a.n_tokens, a.n_kv_heads, a.head_dim, a.num_blocks, a.block_size,
+                 rope == 1 ? " rope=normal/32" : rope == 2 ? " rope=neox/48+ff" : "");
         c.bufs[0] = buf_in(k, n * sizeof(float));
-        c.bufs[1] = buf_in(v, n * sizeof(float));
+        c.bufs[1] = buf_in(v_, n * sizeof(float));
         c.bufs[2] = buf_in(slots, sizeof(int32_t) * a.n_tokens);
         /* Poisoned caches: the slots not written must stay NaN on both. */
         c.bufs[3] = (conform_buf){NULL, cache, CONFORM_INOUT, cmp};
         c.bufs[4] = (conform_buf){NULL, cache, CONFORM_INOUT, cmp};
+        c.bufs[5] = buf_in(pos, sizeof(int32_t) * a.n_tokens);
+        c.bufs[6] = buf_in(f, sizeof(float) * half);
         rc = conform_case_run(r, &c);
         arena_free(&ar);
     }

@@ -105,6 +105,12 @@ struct duet_stream {
 
 static void *cpu_ptr(duet_addr a) { return a.buf ? (char *)a.buf->host + a.offset : NULL; }
 
+static cpu_rope_spec cpu_rope_spec_of(const duet_rope_spec *r)
+{
+    return (cpu_rope_spec){cpu_ptr(r->positions), cpu_ptr(r->freq_factors), r->rot_dim,
+                           r->mode == DUET_ROPE_NEOX, r->theta_base};
+}
+
 static duet_status cpu_buffer_alloc(void *ctx, size_t size, duet_buffer **out)
 {
     (void)ctx;
@@ -224,18 +230,17 @@ static void exec_cmd(cpu_device *d, duet_stream *s, const cmd *c)
     }
     case CMD_ROPE: {
         const duet_rope_args *a = &c->u.rope;
-        cpu_rope k = {cpu_ptr(a->q), cpu_ptr(a->k), cpu_ptr(a->positions),
-                      cpu_ptr(a->freq_factors), a->n_tokens, a->n_heads, a->n_kv_heads,
-                      a->head_dim, a->rot_dim, a->mode == DUET_ROPE_NEOX, a->theta_base};
+        cpu_rope k = {cpu_ptr(a->q), cpu_ptr(a->k), cpu_rope_spec_of(&a->rope), a->n_tokens,
+                      a->n_heads, a->n_kv_heads, a->head_dim};
         ref ? duet_cpu_rope_ref(&k) : duet_cpu_rope_fast(pool, &k);
         break;
     }
     case CMD_KV_WRITE: {
         const duet_kv_write_args *a = &c->u.kv_write;
         cpu_kv_write k = {cpu_ptr(a->k), cpu_ptr(a->v), cpu_ptr(a->slot_mapping),
-                          cpu_ptr(a->k_cache), cpu_ptr(a->v_cache), a->cache_type,
-                          a->n_tokens, a->n_kv_heads, a->head_dim, a->num_blocks,
-                          a->block_size};
+                          cpu_ptr(a->k_cache), cpu_ptr(a->v_cache), cpu_rope_spec_of(&a->rope),
+                          a->cache_type, a->n_tokens, a->n_kv_heads, a->head_dim,
+                          a->num_blocks, a->block_size};
         ref ? duet_cpu_kv_write_ref(&k) : duet_cpu_kv_write_fast(pool, &k);
         break;
     }

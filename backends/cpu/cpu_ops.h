@@ -13,6 +13,9 @@
  *    reduction, and every reduction has a fixed order, so a row's result
  *    does not depend on the other rows in the op or on the thread count
  *    (batch invariance).
+ * Within each set, rope and kv_write's fused rotation call one rotation
+ * routine, so rope(q, k) + kv_write(k) and kv_write(k, rope) store the
+ * same bits.
  *
  * Bad indices found in device memory (the wrappers cannot see it) never
  * cause an out-of-bounds access; they are made visible instead:
@@ -58,20 +61,26 @@ typedef struct cpu_rms_norm {
     float eps;
 } cpu_rms_norm;
 
+/* duet_rope_spec with host pointers. */
+typedef struct cpu_rope_spec {
+    const int32_t *positions;   /* [n_tokens]; kv_write: NULL = no rotation */
+    const float *freq_factors;  /* [rot_dim/2] or NULL */
+    int rot_dim, neox;
+    float theta_base;
+} cpu_rope_spec;
+
 typedef struct cpu_rope {
     float *q;                   /* [n_tokens][n_heads][head_dim] */
-    float *k;                   /* [n_tokens][n_kv_heads][head_dim] */
-    const int32_t *positions;   /* [n_tokens] */
-    const float *freq_factors;  /* [rot_dim/2] or NULL */
-    int n_tokens, n_heads, n_kv_heads, head_dim, rot_dim;
-    int neox;
-    float theta_base;
+    float *k;                   /* [n_tokens][n_kv_heads][head_dim] or NULL */
+    cpu_rope_spec r;
+    int n_tokens, n_heads, n_kv_heads, head_dim;
 } cpu_rope;
 
 typedef struct cpu_kv_write {
     const float *k, *v;           /* [n_tokens][n_kv_heads][head_dim] */
     const int32_t *slot_mapping;  /* [n_tokens] */
     void *k_cache, *v_cache;      /* [num_blocks][block_size][n_kv_heads][head_dim] */
+    cpu_rope_spec rope;           /* k stored rotated when rope.positions */
     duet_dtype cache_type;        /* F32 or F16 */
     int n_tokens, n_kv_heads, head_dim, num_blocks, block_size;
 } cpu_kv_write;

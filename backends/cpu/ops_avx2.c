@@ -103,53 +103,73 @@ void duet_cpu_rms_norm_fast(duet_threadpool *pool, const cpu_rms_norm *a)
 
 /* The angles are computed exactly as the reference does (double), but once
  * per token instead of once per head; the rotation is the reference's
- * double arithmetic, so the result is bitwise the reference's. */
+ * double arithmetic, so the result is bitwise the reference's. rope and
+ * kv_write's fused rotation share these routines. */
 enum { ROPE_MAX_PAIRS = 512 };
 
-static void rope_rotate(float *x, const double *c, const double *s, int half, int neox)
+typedef struct rope_table {
+    double inv_freq[ROPE_MAX_PAIRS], c[ROPE_MAX_PAIRS], s[ROPE_MAX_PAIRS];
+} rope_table;
+
+static void rope_table_init(rope_table *tb, const cpu_rope_spec *r)
 {
+    for (int i = 0; i < r->rot_dim / 2; i++)
+        tb->inv_freq[i] = pow(r->theta_base, -2.0 * i / r->rot_dim);
+}
+
+/* cos and sin of every pair's angle at position pos. */
+static void rope_table_at(rope_table *tb, const cpu_rope_spec *r, int pos)
+{
+    for (int i = 0; i < r->rot_dim / 2; i++) {
+        double theta = pos * tb->inv_freq[i];
+        if (r->freq_factors)
+            theta /= r->freq_factors[i];
+        tb->c[i] = cos(theta);
+        tb->s[i] = sin(theta);
+    }
+}
+
+/* The leading rot_dim dims of head x, rotated, into y (may equal x). */
+static void rope_rotate(const float *x, float *y, const rope_table *tb, const cpu_rope_spec *r)
+{
+    int half = r->rot_dim / 2;
     for (int i = 0; i < half; i++) {
-        int i0 = neox ? i : 2 * i;
-        int i1 = neox ? i + half : 2 * i + 1;
+        int i0 = r->neox ? i : 2 * i;
+        int i1 = r->neox ? i + half : 2 * i + 1;
         double x0 = x[i0], x1 = x[i1];
-        x[i0] = (float)(x0 * c[i] - x1 * s[i]);
-        x[i1] = (float)(x0 * s[i] + x1 * c[i]);
+        y[i0] = (float)(x0 * tb->c[i] - x1 * tb->s[i]);
+        y[i1] = (float)(x0 * tb->s[i] + x1 * tb->c[i]);
     }
 }
 
 static void rope_job(void *arg, int ith, int nth)
 {
     const cpu_rope *a = arg;
-    int half = a->rot_dim / 2;
-    double inv_freq[ROPE_MAX_PAIRS], c[ROPE_MAX_PAIRS], s[ROPE_MAX_PAIRS];
-    for (int i = 0; i < half; i++)
-        inv_freq[i] = pow(a->theta_base, -2.0 * i / a->rot_dim);
+    rope_table tb;
+    rope_table_init(&tb, &a->r);
     int64_t lo, hi;
     duet_split_rows(a->n_tokens, ith, nth, 1, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) {
-        int pos = a->positions[t];
-        for (int i = 0; i < half; i++) {
-            double theta = pos * inv_freq[i];
-            if (a->freq_factors)
-                theta /= a->freq_factors[i];
-            c[i] = cos(theta);
-            s[i] = sin(theta);
+        rope_table_at(&tb, &a->r, a->r.positions[t]);
+        for (int h = 0; h < a->n_heads; h++) {
+            float *x = a->q + (t * a->n_heads + h) * a->head_dim;
+            rope_rotate(x, x, &tb, &a->r);
         }
-        for (int h = 0; h < a->n_heads; h++)
-            rope_rotate(a->q + (t * a->n_heads + h) * a->head_dim, c, s, half, a->neox);
-        for (int h = 0; h < a->n_kv_heads; h++)
-            rope_rotate(a->k + (t * a->n_kv_heads + h) * a->head_dim, c, s, half, a->neox);
+        for (int h = 0; a->k && h < a->n_kv_heads; h++) {
+            float *x = a->k + (t * a->n_kv_heads + h) * a->head_dim;
+            rope_rotate(x, x, &tb, &a->r);
+        }
     }
 }
 
 void duet_cpu_rope_fast(duet_threadpool *pool, const cpu_rope *a)
 {
-    if (a->rot_dim / 2 > ROPE_MAX_PAIRS) {
+    if (a->r.rot_dim / 2 > ROPE_MAX_PAIRS) {
         duet_cpu_rope_ref(a);
         return;
     }
-    run_split(pool, rope_job, a,
-              (int64_t)a->n_tokens * (a->n_heads + a->n_kv_heads) * a->head_dim);
+    int kv_heads = a->k ? a->n_kv_heads : 0;
+    run_split(pool, rope_job, a, (int64_t)a->n_tokens * (a->n_heads + kv_heads) * a->head_dim);
 }
 
 /* ---- kv_write -------------------------------------------------------------- */
@@ -165,29 +185,69 @@ static void f32_to_f16_row(const float *x, uint16_t *y, int64_t n)
         y[i] = duet_f32_to_f16(x[i]);
 }
 
+/* One k row (n_kv_heads heads) into the cache at dst, each head's leading
+ * rot_dim dims rotated by rope_rotate: the bits rope + a plain store give. */
+static void store_k_row_rotated(const cpu_kv_write *a, const rope_table *tb, const float *k,
+                                void *dst)
+{
+    const cpu_rope_spec *r = &a->rope;
+    float rot[2 * ROPE_MAX_PAIRS];
+    for (int h = 0; h < a->n_kv_heads; h++) {
+        const float *x = k + (int64_t)h * a->head_dim;
+        int64_t at = (int64_t)h * a->head_dim;
+        if (a->cache_type == DUET_F16) {
+            uint16_t *y = (uint16_t *)dst + at;
+            rope_rotate(x, rot, tb, r);
+            f32_to_f16_row(rot, y, r->rot_dim);
+            f32_to_f16_row(x + r->rot_dim, y + r->rot_dim, a->head_dim - r->rot_dim);
+        } else {
+            float *y = (float *)dst + at;
+            rope_rotate(x, y, tb, r);
+            memcpy(y + r->rot_dim, x + r->rot_dim, (size_t)(a->head_dim - r->rot_dim) * 4);
+        }
+    }
+}
+
 static void kv_write_job(void *arg, int ith, int nth)
 {
     const cpu_kv_write *a = arg;
     int64_t row = (int64_t)a->n_kv_heads * a->head_dim;
     int64_t n_slots = (int64_t)a->num_blocks * a->block_size;
+    int64_t esz = a->cache_type == DUET_F16 ? 2 : 4;
+    rope_table tb;
+    if (a->rope.positions)
+        rope_table_init(&tb, &a->rope);
     int64_t lo, hi;
     duet_split_rows(a->n_tokens, ith, nth, 1, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) {
         int64_t slot = a->slot_mapping[t];
         if (slot < 0 || slot >= n_slots)
             continue;
-        if (a->cache_type == DUET_F16) {
-            f32_to_f16_row(a->k + t * row, (uint16_t *)a->k_cache + slot * row, row);
-            f32_to_f16_row(a->v + t * row, (uint16_t *)a->v_cache + slot * row, row);
+        char *kc = (char *)a->k_cache + slot * row * esz;
+        char *vc = (char *)a->v_cache + slot * row * esz;
+        if (a->rope.positions) {
+            rope_table_at(&tb, &a->rope, a->rope.positions[t]);
+            store_k_row_rotated(a, &tb, a->k + t * row, kc);
+        } else if (a->cache_type == DUET_F16) {
+            f32_to_f16_row(a->k + t * row, (uint16_t *)kc, row);
         } else {
-            memcpy((float *)a->k_cache + slot * row, a->k + t * row, (size_t)row * 4);
-            memcpy((float *)a->v_cache + slot * row, a->v + t * row, (size_t)row * 4);
+            memcpy(kc, a->k + t * row, (size_t)row * 4);
         }
+        if (a->cache_type == DUET_F16)
+            f32_to_f16_row(a->v + t * row, (uint16_t *)vc, row);
+        else
+            memcpy(vc, a->v + t * row, (size_t)row * 4);
     }
 }
 
 void duet_cpu_kv_write_fast(duet_threadpool *pool, const cpu_kv_write *a)
 {
+    /* rope falls back to the reference here too, so the fused rotation
+     * takes the same path as the rope op would. */
+    if (a->rope.positions && a->rope.rot_dim / 2 > ROPE_MAX_PAIRS) {
+        duet_cpu_kv_write_ref(a);
+        return;
+    }
     run_split(pool, kv_write_job, a, 2ll * a->n_tokens * a->n_kv_heads * a->head_dim);
 }
 

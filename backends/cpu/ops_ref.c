@@ -51,31 +51,69 @@ void duet_cpu_rms_norm_ref(const cpu_rms_norm *a)
     }
 }
 
-/* Rotate the leading rot_dim dims of one head by the angles of one token. */
-static void rope_head_ref(float *x, const cpu_rope *a, int pos)
+/* Pair i of a head at position pos, (x0, x1), rotated into (*y0, *y1):
+ * the one rotation of the reference kernels (rope and kv_write's fused
+ * rotation both call it). */
+static void rope_pair_ref(const cpu_rope_spec *r, int pos, int i, double x0, double x1,
+                          float *y0, float *y1)
 {
-    int half = a->rot_dim / 2;
-    for (int i = 0; i < half; i++) {
-        double theta = pos * pow(a->theta_base, -2.0 * i / a->rot_dim);
-        if (a->freq_factors)
-            theta /= a->freq_factors[i];
-        double c = cos(theta), s = sin(theta);
-        int i0 = a->neox ? i : 2 * i;
-        int i1 = a->neox ? i + half : 2 * i + 1;
-        double x0 = x[i0], x1 = x[i1];
-        x[i0] = (float)(x0 * c - x1 * s);
-        x[i1] = (float)(x0 * s + x1 * c);
+    double theta = pos * pow(r->theta_base, -2.0 * i / r->rot_dim);
+    if (r->freq_factors)
+        theta /= r->freq_factors[i];
+    double c = cos(theta), s = sin(theta);
+    *y0 = (float)(x0 * c - x1 * s);
+    *y1 = (float)(x0 * s + x1 * c);
+}
+
+/* The dims of pair i: (2i, 2i+1), or (i, i + rot_dim/2) for neox. */
+static void rope_pair_dims(const cpu_rope_spec *r, int i, int *i0, int *i1)
+{
+    int half = r->rot_dim / 2;
+    *i0 = r->neox ? i : 2 * i;
+    *i1 = r->neox ? i + half : 2 * i + 1;
+}
+
+/* Rotate the leading rot_dim dims of one head in place. */
+static void rope_head_ref(float *x, const cpu_rope_spec *r, int pos)
+{
+    for (int i = 0; i < r->rot_dim / 2; i++) {
+        int i0, i1;
+        rope_pair_dims(r, i, &i0, &i1);
+        rope_pair_ref(r, pos, i, x[i0], x[i1], &x[i0], &x[i1]);
     }
 }
 
 void duet_cpu_rope_ref(const cpu_rope *a)
 {
     for (int t = 0; t < a->n_tokens; t++) {
-        int pos = a->positions[t];
+        int pos = a->r.positions[t];
         for (int h = 0; h < a->n_heads; h++)
-            rope_head_ref(a->q + ((int64_t)t * a->n_heads + h) * a->head_dim, a, pos);
-        for (int h = 0; h < a->n_kv_heads; h++)
-            rope_head_ref(a->k + ((int64_t)t * a->n_kv_heads + h) * a->head_dim, a, pos);
+            rope_head_ref(a->q + ((int64_t)t * a->n_heads + h) * a->head_dim, &a->r, pos);
+        for (int h = 0; a->k && h < a->n_kv_heads; h++)
+            rope_head_ref(a->k + ((int64_t)t * a->n_kv_heads + h) * a->head_dim, &a->r, pos);
+    }
+}
+
+static void store_elem(duet_dtype t, void *cache, int64_t i, float x)
+{
+    if (t == DUET_F16)
+        ((uint16_t *)cache)[i] = duet_f32_to_f16(x);
+    else
+        ((float *)cache)[i] = x;
+}
+
+/* Store the leading rot_dim dims of one k head, rotated for position pos,
+ * at element at of the k cache. */
+static void store_k_head_rotated(const cpu_kv_write *a, int pos, const float *k, int64_t at)
+{
+    const cpu_rope_spec *r = &a->rope;
+    for (int i = 0; i < r->rot_dim / 2; i++) {
+        int i0, i1;
+        float y0, y1;
+        rope_pair_dims(r, i, &i0, &i1);
+        rope_pair_ref(r, pos, i, k[i0], k[i1], &y0, &y1);
+        store_elem(a->cache_type, a->k_cache, at + i0, y0);
+        store_elem(a->cache_type, a->k_cache, at + i1, y1);
     }
 }
 
@@ -99,6 +137,10 @@ void duet_cpu_kv_write_ref(const cpu_kv_write *a)
             memcpy((float *)a->k_cache + slot * row, k, (size_t)row * sizeof(float));
             memcpy((float *)a->v_cache + slot * row, v, (size_t)row * sizeof(float));
         }
+        /* The rotated dims of k overwrite their plain copy. */
+        for (int h = 0; a->rope.positions && h < a->n_kv_heads; h++)
+            store_k_head_rotated(a, a->rope.positions[t], k + (int64_t)h * a->head_dim,
+                                 slot * row + (int64_t)h * a->head_dim);
     }
 }
 

@@ -336,43 +336,71 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
 
 /* ---- rope, KV cache, attention ------------------------------------------------------ */
 
+/* The push constants of a rope spec (rope.glsl's callers), words. */
+typedef struct vk_rope_pc {
+    uint32_t rot_dim, neox, has_factors, p_off, f_off, t_off;
+} vk_rope_pc;
+
+/* Bind a rope spec's operands at b[0] (positions), b[1] (freq_factors or
+ * the dummy) and b[2] (the inverse frequencies in double, as the CPU
+ * computes them, split into float pairs hi + lo, in stream scratch); rope
+ * and kv_write both take their rotation from here. */
+static duet_status bind_rope_spec(vk_ctx *c, duet_stream *s, const char *op,
+                                  const duet_rope_spec *r, uint64_t n_tokens, vk_binding *b,
+                                  vk_rope_pc *pc)
+{
+    int half = r->rot_dim / 2;
+    void *host;
+    *pc = (vk_rope_pc){(uint32_t)r->rot_dim, r->mode == DUET_ROPE_NEOX,
+                       r->freq_factors.buf != NULL, 0, 0, 0};
+    duet_status rc = duet_vk_bind_words(c, op, "positions", r->positions, 0, 4 * n_tokens, &b[0],
+                                        &pc->p_off);
+    if (rc)
+        return rc;
+    if (r->freq_factors.buf)
+        rc = duet_vk_bind_words(c, op, "freq_factors", r->freq_factors, 0, 4ull * half, &b[1],
+                                &pc->f_off);
+    else
+        b[1] = duet_vk_dummy_binding(c);
+    if (rc || (rc = duet_vk_stream_scratch(c, s, 8ull * half, &b[2], &host)))
+        return rc;
+    float *tab = host;
+    for (int i = 0; i < half; i++) {
+        double f = pow(r->theta_base, -2.0 * i / r->rot_dim);
+        tab[2 * i] = (float)f;
+        tab[2 * i + 1] = (float)(f - (double)tab[2 * i]);
+    }
+    return DUET_OK;
+}
+
 duet_status duet_vk_rope(void *ctx, duet_stream *s, const duet_rope_args *a)
 {
     vk_ctx *c = ctx;
     duet_status rc;
-    int half = a->rot_dim / 2;
+    int half = a->rope.rot_dim / 2;
+    int n_kv = a->k.buf ? a->n_kv_heads : 0;
     vk_binding b[5];
-    void *host;
     struct {
-        uint32_t n_tokens, n_heads, n_kv_heads, head_dim, rot_dim, neox, has_factors;
-        uint32_t q_off, k_off, p_off, f_off, t_off;
-    } pc = {(uint32_t)a->n_tokens, (uint32_t)a->n_heads, (uint32_t)a->n_kv_heads,
-            (uint32_t)a->head_dim, (uint32_t)a->rot_dim, a->mode == DUET_ROPE_NEOX,
-            a->freq_factors.buf != NULL, 0, 0, 0, 0, 0};
+        uint32_t n_tokens, n_heads, n_kv_heads, head_dim, q_off, k_off;
+        vk_rope_pc r;
+    } pc = {(uint32_t)a->n_tokens, (uint32_t)a->n_heads, (uint32_t)n_kv, (uint32_t)a->head_dim,
+            0, 0, {0}};
     uint64_t t = (uint64_t)a->n_tokens;
     if ((rc = duet_vk_bind_words(c, "rope", "q", a->q, 0, 4 * t * a->n_heads * a->head_dim, &b[0],
-                                 &pc.q_off)) ||
-        (rc = duet_vk_bind_words(c, "rope", "k", a->k, 0, 4 * t * a->n_kv_heads * a->head_dim,
-                                 &b[1], &pc.k_off)) ||
-        (rc = duet_vk_bind_words(c, "rope", "positions", a->positions, 0, 4 * t, &b[2], &pc.p_off)))
+                                 &pc.q_off)))
         return rc;
-    if (a->freq_factors.buf)
-        rc = duet_vk_bind_words(c, "rope", "freq_factors", a->freq_factors, 0, 4ull * half, &b[3],
-                        &pc.f_off);
+    /* Without k the k binding repeats q's (never read or written through it:
+     * n_kv_heads is 0), so the dispatch declares no write beyond q — the
+     * dummy would look written, and kv_write reads the dummy. */
+    if (a->k.buf)
+        rc = duet_vk_bind_words(c, "rope", "k", a->k, 0, 4 * t * n_kv * a->head_dim, &b[1],
+                                &pc.k_off);
     else
-        b[3] = duet_vk_dummy_binding(c);
-    /* The inverse frequencies in double, as the CPU computes them, split
-     * into float pairs (hi, lo). */
-    if (rc || (rc = duet_vk_stream_scratch(c, s, 8ull * half, &b[4], &host)))
+        b[1] = b[0];
+    if (rc || (rc = bind_rope_spec(c, s, "rope", &a->rope, t, &b[2], &pc.r)))
         return rc;
-    float *tab = host;
-    for (int i = 0; i < half; i++) {
-        double f = pow(a->theta_base, -2.0 * i / a->rot_dim);
-        tab[2 * i] = (float)f;
-        tab[2 * i + 1] = (float)(f - (double)tab[2 * i]);
-    }
     uint32_t gx, gy;
-    duet_vk_grid_2d(ceil_div(t * (a->n_heads + a->n_kv_heads) * half, 256), &gx, &gy);
+    duet_vk_grid_2d(ceil_div(t * (a->n_heads + n_kv) * half, 256), &gx, &gy);
     return duet_vk_dispatch(c, s, VK_SH_ROPE, 0, b, 5, &pc, sizeof pc, gx, gy, 1);
 }
 
@@ -386,7 +414,7 @@ duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args
     vk_ctx *c = ctx;
     duet_status rc;
     uint64_t row = (uint64_t)a->n_kv_heads * a->head_dim;
-    int f16 = a->cache_type == DUET_F16;
+    int f16 = a->cache_type == DUET_F16, rope = a->rope.positions.buf != NULL;
     if (f16 && row % 2)
         return duet_error(DUET_ERR_UNSUPPORTED,
                           "kv_write: an F16 cache row of n_kv_heads %d x head_dim %d is odd; "
@@ -394,10 +422,12 @@ duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args
                           a->n_kv_heads, a->head_dim);
     uint64_t cache = cache_bytes(a->cache_type, a->num_blocks, a->block_size, a->n_kv_heads,
                                  a->head_dim);
-    vk_binding b[5];
-    struct { uint32_t n_tokens, row, n_slots, k_off, v_off, s_off, kc_off, vc_off; } pc = {
-        (uint32_t)a->n_tokens, (uint32_t)row, (uint32_t)(a->num_blocks * a->block_size),
-        0, 0, 0, 0, 0};
+    vk_binding b[8];
+    struct {
+        uint32_t n_tokens, row, n_slots, k_off, v_off, s_off, kc_off, vc_off, head_dim;
+        vk_rope_pc r;
+    } pc = {(uint32_t)a->n_tokens, (uint32_t)row, (uint32_t)(a->num_blocks * a->block_size),
+            0, 0, 0, 0, 0, (uint32_t)a->head_dim, {0}};
     uint64_t t = (uint64_t)a->n_tokens;
     if ((rc = duet_vk_bind_words(c, "kv_write", "k", a->k, 0, 4 * t * row, &b[0], &pc.k_off)) ||
         (rc = duet_vk_bind_words(c, "kv_write", "v", a->v, 0, 4 * t * row, &b[1], &pc.v_off)) ||
@@ -408,10 +438,17 @@ duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args
         (rc =
              duet_vk_bind_words(c, "kv_write", "v_cache", a->v_cache, 0, cache, &b[4], &pc.vc_off)))
         return rc;
+    if (rope)
+        rc = bind_rope_spec(c, s, "kv_write", &a->rope, t, &b[5], &pc.r);
+    else
+        b[5] = b[6] = b[7] = duet_vk_dummy_binding(c);
+    if (rc)
+        return rc;
     uint32_t gx, gy;
     duet_vk_grid_2d(ceil_div(t * (f16 ? row / 2 : row), 256), &gx, &gy);
-    return duet_vk_dispatch(c, s, VK_SH_KV_WRITE, (uint32_t)f16, b, 5, &pc, sizeof pc, gx, gy,
-                            1);
+    /* Specialization: constant 0 the cache type, constant 1 the rotation. */
+    return duet_vk_dispatch(c, s, VK_SH_KV_WRITE, (uint32_t)f16 + 32u * (uint32_t)rope, b, 8,
+                            &pc, sizeof pc, gx, gy, 1);
 }
 
 /* Split-K attention (attention_split*.comp + attention_combine.comp): keys

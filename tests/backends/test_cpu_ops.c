@@ -85,19 +85,27 @@ typedef struct rope_case {
     const float *freq_factors; /* NULL = none */
 } rope_case;
 
-/* q and k are rotated in place (host copies). */
+/* The rope spec of c with its operands on f (freed by the caller). */
+static duet_rope_spec rope_spec(fx *f, const rope_case *c, duet_buffer **bp, duet_buffer **bf)
+{
+    *bp = fx_buf(f, c->pos, 4ull * c->n_tokens);
+    *bf = c->freq_factors ? fx_buf(f, c->freq_factors, 2ull * c->rot_dim) : NULL;
+    return (duet_rope_spec){at(*bp), at(*bf), c->rot_dim, c->mode, c->theta_base};
+}
+
+/* q and k are rotated in place (host copies); k NULL = rotate q only. */
 static void run_rope(fx *f, const rope_case *c, float *q, float *k)
 {
     size_t qn = 4ull * c->n_tokens * c->n_heads * c->head_dim;
     size_t kn = 4ull * c->n_tokens * c->n_kv_heads * c->head_dim;
-    duet_buffer *bq = fx_buf(f, q, qn), *bk = fx_buf(f, k, kn);
-    duet_buffer *bp = fx_buf(f, c->pos, 4ull * c->n_tokens);
-    duet_buffer *bf = c->freq_factors ? fx_buf(f, c->freq_factors, 2ull * c->rot_dim) : NULL;
+    duet_buffer *bq = fx_buf(f, q, qn), *bk = k ? fx_buf(f, k, kn) : NULL, *bp, *bf;
+    duet_rope_spec spec = rope_spec(f, c, &bp, &bf);
     fx_begin(f);
-    duet_rope_args a = {at(bq), at(bk), at(bp), at(bf), c->n_tokens, c->n_heads,
-                        c->n_kv_heads, c->head_dim, c->rot_dim, c->mode, c->theta_base};
+    duet_rope_args a = {at(bq), at(bk), spec, c->n_tokens, c->n_heads, c->n_kv_heads,
+                        c->head_dim};
     assert_int_equal(duet_dev_rope(f->d, f->s, &a), DUET_OK);
-    assert_int_equal(duet_dev_download(f->d, f->s, at(bk), k, kn), DUET_OK);
+    if (k)
+        assert_int_equal(duet_dev_download(f->d, f->s, at(bk), k, kn), DUET_OK);
     fx_finish(f, bq, q, qn);
     duet_dev_buffer_free(f->d, bq);
     duet_dev_buffer_free(f->d, bk);
@@ -149,9 +157,12 @@ typedef struct kvw_case {
     duet_dtype cache_type;
     const float *k, *v;
     const int32_t *slots;
+    const rope_case *rope; /* NULL = no rotation; else its rot_dim, mode,
+                              theta_base, pos, freq_factors */
 } kvw_case;
 
-/* k_cache / v_cache: host images updated in place (pre-filled by caller). */
+/* k_cache / v_cache: host images updated in place (pre-filled by caller).
+ * Fails if the op modified its k operand. */
 static void run_kv_write(fx *f, const kvw_case *c, void *k_cache, void *v_cache)
 {
     size_t row = 4ull * c->n_kv_heads * c->head_dim;
@@ -160,14 +171,22 @@ static void run_kv_write(fx *f, const kvw_case *c, void *k_cache, void *v_cache)
     duet_buffer *bk = fx_buf(f, c->k, row * c->n_tokens), *bv = fx_buf(f, c->v, row * c->n_tokens);
     duet_buffer *bs = fx_buf(f, c->slots, 4ull * c->n_tokens);
     duet_buffer *bkc = fx_buf(f, k_cache, cb), *bvc = fx_buf(f, v_cache, cb);
+    duet_buffer *bp = NULL, *bf = NULL;
+    duet_rope_spec spec = {0};
+    if (c->rope)
+        spec = rope_spec(f, c->rope, &bp, &bf);
+    float *k_after = malloc(row * c->n_tokens);
     fx_begin(f);
-    duet_kv_write_args a = {at(bk), at(bv), at(bs), at(bkc), at(bvc), c->cache_type,
+    duet_kv_write_args a = {at(bk), at(bv), at(bs), at(bkc), at(bvc), spec, c->cache_type,
                             c->n_tokens, c->n_kv_heads, c->head_dim, c->num_blocks,
                             c->block_size};
     assert_int_equal(duet_dev_kv_write(f->d, f->s, &a), DUET_OK);
     assert_int_equal(duet_dev_download(f->d, f->s, at(bvc), v_cache, cb), DUET_OK);
+    assert_int_equal(duet_dev_download(f->d, f->s, at(bk), k_after, row * c->n_tokens), DUET_OK);
     fx_finish(f, bkc, k_cache, cb);
-    duet_buffer *all[] = {bk, bv, bs, bkc, bvc};
+    assert_memory_equal(k_after, c->k, row * c->n_tokens);
+    free(k_after);
+    duet_buffer *all[] = {bk, bv, bs, bkc, bvc, bp, bf};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         duet_dev_buffer_free(f->d, all[i]);
 }
@@ -553,6 +572,38 @@ static void test_rope_fast_vs_ref(void **state)
     fx_close(&fast2);
 }
 
+/* rope without k rotates q exactly as rope with k does (and leaves no k). */
+static void test_rope_q_only(void **state)
+{
+    (void)state;
+    enum { T = 9, H = 4, KVH = 2, D = 64 };
+    int32_t pos[T];
+    float ff[D / 2];
+    for (int t = 0; t < T; t++)
+        pos[t] = (int32_t)(fabsf(frand()) * 60000);
+    for (int i = 0; i < D / 2; i++)
+        ff[i] = 1.0f + 7.0f * fabsf(frand());
+    float *q = frand_array((size_t)T * H * D), *k = frand_array((size_t)T * KVH * D);
+    float *q_qk = malloc(4ull * T * H * D), *q_q = malloc(4ull * T * H * D);
+    float *k_qk = malloc(4ull * T * KVH * D);
+    for (int dev = 0; dev < 3; dev++) { /* reference, fast 1 thread, fast 2 threads */
+        fx f = fx_open(dev == 2 ? 2 : 1, dev == 0);
+        for (int v = 0; v < 4; v++) {
+            rope_case c = {T, H, KVH, D, v & 2 ? 48 : 64, (duet_rope_mode)(v & 1), 500000.0f, pos,
+                           v & 2 ? ff : NULL};
+            memcpy(q_qk, q, 4ull * T * H * D), memcpy(q_q, q, 4ull * T * H * D);
+            memcpy(k_qk, k, 4ull * T * KVH * D);
+            run_rope(&f, &c, q_qk, k_qk);
+            c.n_kv_heads = 0; /* not used without k */
+            run_rope(&f, &c, q_q, NULL);
+            assert_memory_equal(q_q, q_qk, 4ull * T * H * D);
+            assert_memory_not_equal(q_q, q, 4ull * T * H * D);
+        }
+        fx_close(&f);
+    }
+    free(q), free(k), free(q_qk), free(q_q), free(k_qk);
+}
+
 /* ---- kv_write ------------------------------------------------------------------ */
 
 static void test_kv_write(void **state)
@@ -562,7 +613,7 @@ static void test_kv_write(void **state)
     int32_t slots[T] = {5, -1, 0, 15, 9, SLOTS}; /* -1 and out-of-range: skipped */
     float *k = frand_array(T * ROW), *v = frand_array(T * ROW);
     for (int f16 = 0; f16 < 2; f16++) {
-        kvw_case c = {T, KVH, D, NB, BS, f16 ? DUET_F16 : DUET_F32, k, v, slots};
+        kvw_case c = {T, KVH, D, NB, BS, f16 ? DUET_F16 : DUET_F32, k, v, slots, NULL};
         size_t esz = f16 ? 2 : 4, cb = (size_t)SLOTS * ROW * esz;
         unsigned char *kc[2], *vc[2];
         for (int dev = 0; dev < 2; dev++) {
@@ -620,7 +671,7 @@ static void test_kv_write_threaded(void **state)
         slots[t] = t % 10 == 9 ? -1 : (t * 7) % (NB * BS);
     float *k = frand_array(T * ROW), *v = frand_array(T * ROW);
     for (int f16 = 0; f16 < 2; f16++) {
-        kvw_case c = {T, KVH, D, NB, BS, f16 ? DUET_F16 : DUET_F32, k, v, slots};
+        kvw_case c = {T, KVH, D, NB, BS, f16 ? DUET_F16 : DUET_F32, k, v, slots, NULL};
         size_t cb = (size_t)NB * BS * ROW * (f16 ? 2 : 4);
         unsigned char *kc[2], *vc[2];
         for (int dev = 0; dev < 2; dev++) {
@@ -635,6 +686,149 @@ static void test_kv_write_threaded(void **state)
             free(kc[dev]), free(vc[dev]);
     }
     free(k), free(v);
+}
+
+/* The cache images after kv_write of c onto caches filled with 7.0. */
+static void kv_write_images(fx *f, const kvw_case *c, unsigned char *kc, unsigned char *vc)
+{
+    size_t n = (size_t)c->num_blocks * c->block_size * c->n_kv_heads * c->head_dim;
+    for (size_t i = 0; i < n; i++) {
+        if (c->cache_type == DUET_F16) {
+            uint16_t h = duet_f32_to_f16(7.0f);
+            memcpy(kc + 2 * i, &h, 2), memcpy(vc + 2 * i, &h, 2);
+        } else {
+            float x = 7.0f;
+            memcpy(kc + 4 * i, &x, 4), memcpy(vc + 4 * i, &x, 4);
+        }
+    }
+    run_kv_write(f, c, kc, vc);
+}
+
+/* kv_write with a rope spec stores exactly the bits of rope(q, k) followed
+ * by kv_write(k): on the reference and the fast path (1 and 2 threads), F32
+ * and F16 caches, normal and neox, rot_dim < head_dim, freq_factors on and
+ * off, skipped (-1) and out-of-range slots; v and the k operand untouched. */
+static void test_kv_write_rope_fused(void **state)
+{
+    (void)state;
+    enum { NB = 20, BS = 16, SLOTS = NB * BS, H = 2 };
+    /* tokens, kv heads, head_dim, rot_dim, mode, freq_factors */
+    int cases[][6] = {{7, 2, 64, 64, 0, 0}, {7, 2, 64, 64, 1, 1}, {40, 3, 96, 32, 1, 0},
+                      {300, 3, 64, 48, 0, 1}, {5, 3, 10, 6, 1, 1}, {6, 1, 8, 2, 0, 0}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        int *p = cases[ci], T = p[0], KVH = p[1], D = p[2];
+        size_t row = (size_t)KVH * D;
+        int32_t *pos = malloc(4ull * T), *slots = malloc(4ull * T);
+        float *ff = malloc(2ull * p[3]);
+        for (int t = 0; t < T; t++) {
+            pos[t] = (int32_t)(fabsf(frand()) * 131072);
+            slots[t] = t % 7 == 3 ? -1 : t % 11 == 5 ? SLOTS : (t * 7) % SLOTS;
+        }
+        for (int i = 0; i < p[3] / 2; i++)
+            ff[i] = 1.0f + 7.0f * fabsf(frand());
+        rope_case rc = {T, H, KVH, D, p[3], (duet_rope_mode)p[4], 500000.0f, pos,
+                        p[5] ? ff : NULL};
+        float *k = frand_array(T * row), *v = frand_array(T * row);
+        float *q = frand_array((size_t)T * H * D), *k_rot = malloc(4 * T * row);
+        for (int f16 = 0; f16 < 2; f16++) {
+            duet_dtype ct = f16 ? DUET_F16 : DUET_F32;
+            size_t cb = (size_t)SLOTS * row * (f16 ? 2 : 4);
+            unsigned char *kc[3], *vc[3];
+            for (int i = 0; i < 3; i++)
+                kc[i] = malloc(cb), vc[i] = malloc(cb);
+            for (int dev = 0; dev < 3; dev++) { /* reference, fast 1 thread, fast 2 threads */
+                fx f = fx_open(dev == 2 ? 2 : 1, dev == 0);
+                /* unfused: rope(q, k), then kv_write(rotated k) */
+                memcpy(k_rot, k, 4 * T * row);
+                run_rope(&f, &rc, q, k_rot); /* q: rotated along, not used */
+                kvw_case plain = {T, KVH, D, NB, BS, ct, k_rot, v, slots, NULL};
+                kv_write_images(&f, &plain, kc[0], vc[0]);
+                /* fused */
+                kvw_case fused = {T, KVH, D, NB, BS, ct, k, v, slots, &rc};
+                kv_write_images(&f, &fused, kc[1], vc[1]);
+                assert_memory_equal(kc[1], kc[0], cb);
+                assert_memory_equal(vc[1], vc[0], cb);
+                /* and the rotation did happen: unrotated k stores differ */
+                kvw_case none = {T, KVH, D, NB, BS, ct, k, v, slots, NULL};
+                kv_write_images(&f, &none, kc[2], vc[2]);
+                assert_memory_not_equal(kc[1], kc[2], cb);
+                assert_memory_equal(vc[1], vc[2], cb);
+                fx_close(&f);
+            }
+            for (int i = 0; i < 3; i++)
+                free(kc[i]), free(vc[i]);
+        }
+        free(pos), free(slots), free(ff), free(k), free(v), free(q), free(k_rot);
+    }
+}
+
+/* The wrappers' checks of rope without k and of kv_write's rope spec. */
+static void test_rope_spec_errors(void **state)
+{
+    (void)state;
+    enum { T = 3, H = 2, KVH = 1, D = 8, NB = 2, BS = 4 };
+    fx f = fx_open(1, 0);
+    float q[T * H * D] = {0}, k[T * KVH * D] = {0}, ff[D / 2] = {1, 1, 1, 1};
+    int32_t pos[T] = {0, 1, 2};
+    duet_buffer *bq = fx_buf(&f, q, sizeof q), *bk = fx_buf(&f, k, sizeof k);
+    duet_buffer *bp = fx_buf(&f, pos, sizeof pos), *bf = fx_buf(&f, ff, sizeof ff);
+    duet_buffer *small = fx_buf(&f, pos, 4);
+    duet_buffer *bs = fx_buf(&f, pos, sizeof pos);
+    size_t cache = 4ull * NB * BS * KVH * D;
+    duet_buffer *bkc = fx_buf(&f, NULL, cache + 64), *bvc = fx_buf(&f, NULL, cache);
+    duet_rope_spec spec = {at(bp), at(bf), D, DUET_ROPE_NORMAL, 10000.0f};
+
+    /* rope: q only is fine with n_kv_heads 0; k needs n_kv_heads > 0 and
+     * must not overlap q. */
+    duet_rope_args r = {at(bq), {NULL, 0}, spec, T, H, 0, D};
+    fx_begin(&f);
+    assert_int_equal(duet_dev_rope(f.d, f.s, &r), DUET_OK);
+    fx_finish(&f, bq, q, sizeof q);
+    r.k = at(bk);
+    assert_int_equal(duet_dev_rope(f.d, f.s, &r), DUET_ERR_INVALID_ARG);
+    assert_non_null(strstr(duet_last_error(), "n_kv_heads"));
+    r.n_kv_heads = KVH;
+    r.k = (duet_addr){bq, 4 * D};
+    assert_int_equal(duet_dev_rope(f.d, f.s, &r), DUET_ERR_INVALID_ARG);
+    assert_non_null(strstr(duet_last_error(), "k (offset 32) overlaps q"));
+    r.k = at(bk);
+    r.rope.rot_dim = 0;
+    assert_int_equal(duet_dev_rope(f.d, f.s, &r), DUET_ERR_INVALID_ARG);
+    assert_non_null(strstr(duet_last_error(), "rope: rot_dim 0"));
+
+    /* kv_write: each field of the rope spec, named. */
+    struct {
+        duet_rope_spec spec;
+        const char *msg;
+    } bad[] = {
+        {{at(bp), at(bf), 7, DUET_ROPE_NORMAL, 10000.0f}, "rope.rot_dim 7"},
+        {{at(bp), at(bf), D + 2, DUET_ROPE_NORMAL, 10000.0f}, "rope.rot_dim 10"},
+        {{at(bp), at(bf), D, (duet_rope_mode)5, 10000.0f}, "rope.mode 5"},
+        {{at(bp), at(bf), D, DUET_ROPE_NEOX, 0.0f}, "rope.theta_base 0"},
+        {{at(small), at(bf), D, DUET_ROPE_NEOX, 10000.0f}, "'rope.positions' needs 12 bytes"},
+        {{at(bp), at(small), D, DUET_ROPE_NEOX, 10000.0f}, "'rope.freq_factors' needs 16"},
+        {{(duet_addr){bkc, cache}, at(bf), D, DUET_ROPE_NEOX, 10000.0f}, NULL},
+        {{(duet_addr){bkc, cache - 4}, at(bf), D, DUET_ROPE_NEOX, 10000.0f},
+         "rope.positions overlaps a KV cache"},
+        {{at(bp), at(bvc), D, DUET_ROPE_NEOX, 10000.0f}, "rope.freq_factors overlaps a KV cache"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        duet_kv_write_args a = {at(bk), at(bk), at(bs), at(bkc), at(bvc), bad[i].spec, DUET_F32,
+                                T, KVH, D, NB, BS};
+        if (!bad[i].msg) { /* positions right after the cache: fine */
+            fx_begin(&f);
+            assert_int_equal(duet_dev_kv_write(f.d, f.s, &a), DUET_OK);
+            fx_finish(&f, bq, q, sizeof q);
+            continue;
+        }
+        assert_int_equal(duet_dev_kv_write(f.d, f.s, &a), DUET_ERR_INVALID_ARG);
+        if (!strstr(duet_last_error(), bad[i].msg))
+            fail_msg("case %zu: '%s' does not say '%s'", i, duet_last_error(), bad[i].msg);
+    }
+    duet_buffer *all[] = {bq, bk, bp, bf, small, bs, bkc, bvc};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        duet_dev_buffer_free(f.d, all[i]);
+    fx_close(&f);
 }
 
 /* ---- elementwise ops, gather, matmul -------------------------------------------- */
@@ -929,8 +1123,11 @@ int main(void)
         cmocka_unit_test(test_rms_norm_residual_errors),
         cmocka_unit_test(test_rope_known),
         cmocka_unit_test(test_rope_fast_vs_ref),
+        cmocka_unit_test(test_rope_q_only),
         cmocka_unit_test(test_kv_write),
         cmocka_unit_test(test_kv_write_threaded),
+        cmocka_unit_test(test_kv_write_rope_fused),
+        cmocka_unit_test(test_rope_spec_errors),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_add),
         cmocka_unit_test(test_gather_rows),

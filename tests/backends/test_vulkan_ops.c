@@ -44,6 +44,7 @@ static float *frand_array(size_t n, float scale)
 /* A buffer on side x holding src, or n bytes of NaN when src is NULL. */
 
 static duet_addr none(void) { return (duet_addr){NULL, 0}; }
+static const duet_rope_spec no_rope; /* kv_write without rotation */
 
 static void begin(side *x) { assert_int_equal(duet_dev_stream_begin(x->d, x->s), DUET_OK); }
 
@@ -830,21 +831,24 @@ static void test_big_weight_chunked(void **state)
 
 /* ---- rope ------------------------------------------------------------------------ */
 
+/* q and k rotated in place; k NULL = q only. */
 static void run_rope(side *x, float *q, float *k, const int32_t *pos, const float *ff, int t,
                      int nh, int nkv, int hd, int rot, duet_rope_mode mode)
 {
     size_t qn = 4ull * t * nh * hd, kn = 4ull * t * nkv * hd;
-    duet_buffer *bq = vk_buffer(x, q, qn), *bk = vk_buffer(x, k, kn),
+    duet_buffer *bq = vk_buffer(x, q, qn), *bk = k ? vk_buffer(x, k, kn) : NULL,
                 *bp = vk_buffer(x, pos, 4ull * t);
     duet_buffer *bf = ff ? vk_buffer(x, ff, 4ull * (rot / 2)) : NULL;
     begin(x);
-    duet_rope_args a = {vk_at(bq), vk_at(bk), vk_at(bp), bf ? vk_at(bf) : none(),
-                        t, nh, nkv, hd, rot, mode, 500000.0f};
+    duet_rope_args a = {vk_at(bq), k ? vk_at(bk) : none(),
+                        {vk_at(bp), bf ? vk_at(bf) : none(), rot, mode, 500000.0f},
+                        t, nh, nkv, hd};
     assert_int_equal(duet_dev_rope(x->d, x->s, &a), DUET_OK);
-    assert_int_equal(duet_dev_download(x->d, x->s, vk_at(bk), k, kn), DUET_OK);
+    if (k)
+        assert_int_equal(duet_dev_download(x->d, x->s, vk_at(bk), k, kn), DUET_OK);
     finish(x, bq, q, qn);
-    duet_buffer *all[] = {bq, bk, bp, bf};
-    free_bufs(x, all, bf ? 4 : 3);
+    duet_buffer *all[] = {bq, bp, bf, bk};
+    free_bufs(x, all, 4); /* NULL entries are fine */
 }
 
 static void test_rope(void **state)
@@ -888,7 +892,7 @@ static void run_kv_write(side *x, duet_dtype ct, const float *k, const float *v,
                 *bs_ = vk_buffer(x, slots, 4ull * t);
     duet_buffer *bkc = vk_buffer(x, cache0, cb), *bvc = vk_buffer(x, cache0, cb);
     begin(x);
-    duet_kv_write_args a = {vk_at(bk), vk_at(bv), vk_at(bs_), vk_at(bkc), vk_at(bvc),
+    duet_kv_write_args a = {vk_at(bk), vk_at(bv), vk_at(bs_), vk_at(bkc), vk_at(bvc), no_rope,
                             ct, t, nkv, hd, nb, bs};
     assert_int_equal(duet_dev_kv_write(x->d, x->s, &a), DUET_OK);
     assert_int_equal(duet_dev_download(x->d, x->s, vk_at(bkc), kc_out, cb), DUET_OK);
@@ -916,6 +920,122 @@ static void test_kv_write(void **state)
         assert_memory_equal(vg, vw, cb);
         assert_memory_not_equal(kw, cache0, cb); /* the op did write */
         free(k), free(v), free(cache0), free(kw), free(vw), free(kg), free(vg);
+    }
+    check_validation();
+}
+
+/* One shape of the fused rotation. */
+typedef struct kvr_case {
+    int t, nkv, hd, rot;
+    duet_rope_mode mode;
+    int with_ff;
+} kvr_case;
+
+/* Outputs of rope + kv_write in one recording on one side. */
+typedef struct kvr_out {
+    float *q, *k; /* q and k as left by the ops */
+    uint8_t *kc, *vc;
+} kvr_out;
+
+/* fused = 0: rope(q, k), then kv_write(k); fused = 1: rope(q only) and
+ * kv_write(k, rope spec), which must need no barrier between them. */
+static void run_rope_kv_write(side *x, const kvr_case *c, duet_dtype ct, int fused,
+                              const float *q, const float *k, const float *v,
+                              const int32_t *pos, const float *ff, const int32_t *slots,
+                              const void *cache0, kvr_out *o)
+{
+    enum { NH = 4, NB = 5, BS = 4 };
+    size_t qn = 4ull * c->t * NH * c->hd, kn = 4ull * c->t * c->nkv * c->hd;
+    size_t cb = (ct == DUET_F16 ? 2ull : 4ull) * NB * BS * c->nkv * c->hd;
+    duet_buffer *bq = vk_buffer(x, q, qn), *bk = vk_buffer(x, k, kn), *bv = vk_buffer(x, v, kn);
+    duet_buffer *bp = vk_buffer(x, pos, 4ull * c->t), *bs_ = vk_buffer(x, slots, 4ull * c->t);
+    duet_buffer *bf = c->with_ff ? vk_buffer(x, ff, 4ull * (c->rot / 2)) : NULL;
+    duet_buffer *bkc = vk_buffer(x, cache0, cb), *bvc = vk_buffer(x, cache0, cb);
+    duet_rope_spec spec = {vk_at(bp), bf ? vk_at(bf) : none(), c->rot, c->mode, 500000.0f};
+    begin(x);
+    duet_rope_args ra = {vk_at(bq), fused ? none() : vk_at(bk), spec, c->t, NH, c->nkv, c->hd};
+    duet_kv_write_args ka = {vk_at(bk), vk_at(bv), vk_at(bs_), vk_at(bkc), vk_at(bvc),
+                             fused ? spec : no_rope, ct, c->t, c->nkv, c->hd,
+                             NB, BS};
+    assert_int_equal(duet_dev_rope(x->d, x->s, &ra), DUET_OK);
+    int barriers = x == &vk ? x->s->n_barriers : 0;
+    assert_int_equal(duet_dev_kv_write(x->d, x->s, &ka), DUET_OK);
+    if (x == &vk && fused && x->s->n_barriers != barriers)
+        fail_msg("a barrier between rope (q only) and kv_write with rope");
+    o->q = malloc(qn), o->k = malloc(kn), o->kc = malloc(cb), o->vc = malloc(cb);
+    assert_int_equal(duet_dev_download(x->d, x->s, vk_at(bk), o->k, kn), DUET_OK);
+    assert_int_equal(duet_dev_download(x->d, x->s, vk_at(bkc), o->kc, cb), DUET_OK);
+    assert_int_equal(duet_dev_download(x->d, x->s, vk_at(bvc), o->vc, cb), DUET_OK);
+    finish(x, bq, o->q, qn);
+    duet_buffer *all[] = {bq, bk, bv, bp, bs_, bf, bkc, bvc};
+    free_bufs(x, all, 8);
+}
+
+static void kvr_free(kvr_out *o) { free(o->q), free(o->k), free(o->kc), free(o->vc); }
+
+/* A cache image as floats (F16 decoded). */
+static float *cache_floats(const uint8_t *c, size_t n, duet_dtype ct)
+{
+    float *f = malloc(4 * n);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        if (ct == DUET_F16)
+            memcpy(&h, c + 2 * i, 2), f[i] = duet_f16_to_f32(h);
+        else
+            memcpy(&f[i], c + 4 * i, 4);
+    }
+    return f;
+}
+
+/* kv_write with a rope spec on Vulkan stores the bits rope(q, k) +
+ * kv_write(k) store on Vulkan (F32 and F16 caches, normal and neox,
+ * rot_dim < head_dim, freq_factors, skipped slots, an odd head_dim whose
+ * half pairs straddle heads), rope without k gives rope(q, k)'s q bits, k
+ * stays unrotated; and the result is the CPU reference's within 1e-7. */
+static void test_kv_write_rope(void **state)
+{
+    (void)state;
+    kvr_case cases[] = {{7, 2, 64, 64, DUET_ROPE_NORMAL, 0}, {7, 2, 64, 64, DUET_ROPE_NEOX, 1},
+                        {6, 3, 24, 16, DUET_ROPE_NEOX, 1},  {5, 1, 10, 6, DUET_ROPE_NORMAL, 1},
+                        {4, 2, 9, 6, DUET_ROPE_NEOX, 1},    {4, 2, 9, 4, DUET_ROPE_NORMAL, 0}};
+    int32_t pos[] = {0, 1, 17, 4095, 65536, 131071, 333};
+    int32_t slots[] = {3, -1, 19, 0, 20, 7, -5}; /* 20 and -5: outside 5 blocks x 4 */
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const kvr_case *c = &cases[ci];
+        size_t qn = (size_t)c->t * 4 * c->hd, kn = (size_t)c->t * c->nkv * c->hd;
+        size_t slots_n = 5 * 4 * (size_t)c->nkv * c->hd;
+        float *q = frand_array(qn, 2), *k = frand_array(kn, 2), *v = frand_array(kn, 2);
+        float *ff = malloc(4ull * (c->rot / 2));
+        for (int i = 0; i < c->rot / 2; i++)
+            ff[i] = 1.0f + (float)i * 0.37f;
+        for (int f16 = 0; f16 < 2; f16++) {
+            duet_dtype ct = f16 ? DUET_F16 : DUET_F32;
+            size_t cb = (f16 ? 2 : 4) * slots_n;
+            uint8_t *cache0 = malloc(cb);
+            for (size_t i = 0; i < cb; i++)
+                cache0[i] = (uint8_t)(vk_rand32() & 0x3f); /* finite in both types */
+            kvr_out un, fu, ref;
+            run_rope_kv_write(&vk, c, ct, 0, q, k, v, pos, ff, slots, cache0, &un);
+            run_rope_kv_write(&vk, c, ct, 1, q, k, v, pos, ff, slots, cache0, &fu);
+            run_rope_kv_write(&cpu, c, ct, 1, q, k, v, pos, ff, slots, cache0, &ref);
+            char what[96];
+            snprintf(what, sizeof what, "case %zu %s: fused k cache vs rope + kv_write", ci,
+                     f16 ? "F16" : "F32");
+            if (memcmp(fu.kc, un.kc, cb) != 0)
+                fail_msg("%s: not bit-identical", what);
+            assert_memory_equal(fu.vc, un.vc, cb);
+            assert_memory_equal(fu.q, un.q, 4 * qn);  /* rope without k: same q */
+            assert_memory_equal(fu.k, k, 4 * kn);     /* kv_write left k alone */
+            assert_memory_not_equal(un.k, k, 4 * kn); /* (the unfused rope did rotate it) */
+            float *got = cache_floats(fu.kc, slots_n, ct), *want = cache_floats(ref.kc, slots_n, ct);
+            snprintf(what, sizeof what, "case %zu %s: fused k cache vs the CPU", ci,
+                     f16 ? "F16" : "F32");
+            vk_assert_match(what, got, want, slots_n, 1e-7);
+            assert_memory_equal(fu.vc, ref.vc, cb);
+            free(got), free(want), free(cache0);
+            kvr_free(&un), kvr_free(&fu), kvr_free(&ref);
+        }
+        free(q), free(k), free(v), free(ff);
     }
     check_validation();
 }
@@ -1151,6 +1271,7 @@ int main(void)
         cmocka_unit_test(test_matmul_glu),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_kv_write),
+        cmocka_unit_test(test_kv_write_rope),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_chain_one_recording),
         cmocka_unit_test(test_big_weight),

@@ -55,7 +55,7 @@ static void test_spirv_write_masks(void **state)
         {"add", 0x03, 0x01},      {"swiglu", 0x07, 0x04},    {"rms_norm", 0x07, 0x04},
         {"gather_rows", 0x07, 0x04}, {"embed", 0x0f, 0x04},   {"matmul", 0x1f, 0x08},
         {"matmul_vec", 0x1f, 0x08}, {"matmul_qvec", 0x1f, 0x08}, /* 4: the gated form's W_up */
-        {"rope", 0x1f, 0x03},     {"kv_write", 0x1f, 0x18},  {"attention", 0x7f, 0x40},
+        {"rope", 0x1f, 0x03},     {"kv_write", 0xff, 0x18},  {"attention", 0x7f, 0x40},
         {"rms_norm_add", 0x0f, 0x05},
     };
     for (size_t i = 0; i < sizeof want / sizeof *want; i++) {

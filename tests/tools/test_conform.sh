@@ -42,7 +42,7 @@ fi
 
 # 2. --ops and --filter narrow the cases; the JSON says which ran.
 "$duet" conform --backends cpu-ref,cpu --ops rope,add --filter neox --json - >"$tmp/f.json" 2>/dev/null
-if py_json "$tmp/f.json" 'r = d["results"]; assert len(r) == 2 and all(x["op"] == "rope" for x in r), r' "$tmp/f.json" 2>"$tmp/err"; then
+if py_json "$tmp/f.json" 'r = d["results"]; assert len(r) == 3 and all(x["op"] == "rope" for x in r), r' "$tmp/f.json" 2>"$tmp/err"; then
   ok "conform --ops/--filter/--json -"
 else
   bad "conform --ops/--filter: $(tail -1 "$tmp/err")"
