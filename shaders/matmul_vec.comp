@@ -2,12 +2,13 @@
 // matmul_vec: out[m][j] = sum_k x[m][k] * W[j][k] (+ bias[j]) for F32,
 // F16 and BF16 weights on GPUs: the decode kernel, where reading the
 // weights once at full memory bandwidth is the whole cost. A workgroup of
-// 128 invocations takes one weight row and up to MT activation rows
+// 128 invocations takes ROWS weight rows and up to MT activation rows
 // (matmul_vec.glsl); each invocation reads 16 bytes (8 16-bit weights or 4
 // floats) per load, consecutive invocations consecutive 16-byte pieces, so
 // a subgroup's loads are one contiguous span; each weight is used for all
-// MT rows; the activations are read 16 bytes at a time too (x_run4). The
-// partials are reduced in a fixed order (vec_finish).
+// MT rows and each activation run, read 16 bytes at a time too (x_run4),
+// for all ROWS rows. The partials are reduced in a fixed order
+// (vec_finish).
 //
 // The host picks it for these types when k is a multiple of the weights
 // per piece, the weights start 16-byte aligned and the device has
@@ -42,48 +43,67 @@ void piece_weights(uvec4 q, out float wv[8])
     }
 }
 
-// acc[r] += the piece's weights times row r's activations, in order.
-void piece_acc(float wv[8], uint nr, uint m0, uint p, inout float acc[MT])
+// acc[rr * MT + r] += weight row rr's piece (wv[rr]) times activation row
+// r's run, in order, for every rr < nj; each run is read once for all of
+// them. GATED: acc_up likewise with W_up's pieces (wu).
+void piece_acc(float wv[ROWS][8], float wu[ROWS][8], uint nr, uint nj, uint m0, uint p,
+               inout float acc[RM], inout float acc_up[RM])
 {
     [[unroll]] for (uint r = 0u; r < MT; r++) {
         if (r < nr) {
             uint xb = pc.x_off + (m0 + r) * pc.k + EPP * p;
             vec4 xa = x_run4(xb), xc = EPP == 8u ? x_run4(xb + 4u) : vec4(0.0);
-            float s = acc[r];
-            [[unroll]] for (uint e = 0u; e < 4u; e++)
-                s += wv[e] * xa[e];
-            [[unroll]] for (uint e = 0u; e < 4u; e++)
-                if (EPP == 8u)
-                    s += wv[e + 4u] * xc[e];
-            acc[r] = s;
+            [[unroll]] for (uint rr = 0u; rr < ROWS; rr++) {
+                if (rr < nj) {
+                    float s = acc[rr * MT + r];
+                    [[unroll]] for (uint e = 0u; e < 4u; e++)
+                        s += wv[rr][e] * xa[e];
+                    [[unroll]] for (uint e = 0u; e < 4u; e++)
+                        if (EPP == 8u)
+                            s += wv[rr][e + 4u] * xc[e];
+                    acc[rr * MT + r] = s;
+                    if (GATED) {
+                        float su = acc_up[rr * MT + r];
+                        [[unroll]] for (uint e = 0u; e < 4u; e++)
+                            su += wu[rr][e] * xa[e];
+                        [[unroll]] for (uint e = 0u; e < 4u; e++)
+                            if (EPP == 8u)
+                                su += wu[rr][e + 4u] * xc[e];
+                        acc_up[rr * MT + r] = su;
+                    }
+                }
+            }
         }
     }
 }
 
 void main()
 {
-    uint j = vec_row();
+    uint j0 = vec_row0();
     uint m0 = vec_m0();
     uint t = gl_LocalInvocationID.x;
-    if (j >= pc.n) // uniform over the workgroup: no barrier is skipped unevenly
+    if (j0 >= pc.n) // uniform over the workgroup: no barrier is skipped unevenly
         return;
-    uint nr = min(MT, pc.m - m0);
-    float acc[MT], acc_up[MT];
-    [[unroll]] for (uint r = 0u; r < MT; r++) {
-        acc[r] = 0.0;
-        acc_up[r] = 0.0;
+    uint nr = min(MT, pc.m - m0), nj = min(ROWS, pc.n - j0);
+    float acc[RM], acc_up[RM];
+    [[unroll]] for (uint i = 0u; i < RM; i++) {
+        acc[i] = 0.0;
+        acc_up[i] = 0.0;
     }
-    uint base = (pc.w_off + j * pc.row_bytes) >> 4; // in 16-byte pieces
-    uint base_up = (pc.wu_off + j * pc.row_bytes) >> 4;
+    uint stride = pc.row_bytes >> 4; // a row, in 16-byte pieces
+    uint base = (pc.w_off + j0 * pc.row_bytes) >> 4;
+    uint base_up = (pc.wu_off + j0 * pc.row_bytes) >> 4;
     uint pieces = pc.k / EPP;
     for (uint p = t; p < pieces; p += 128u) {
-        float wv[8];
-        piece_weights(w4[base + p], wv);
-        piece_acc(wv, nr, m0, p, acc);
-        if (GATED) {
-            piece_weights(wu4[base_up + p], wv);
-            piece_acc(wv, nr, m0, p, acc_up);
+        float wv[ROWS][8], wu[ROWS][8];
+        [[unroll]] for (uint rr = 0u; rr < ROWS; rr++) {
+            if (rr < nj) {
+                piece_weights(w4[base + rr * stride + p], wv[rr]);
+                if (GATED)
+                    piece_weights(wu4[base_up + rr * stride + p], wu[rr]);
+            }
         }
+        piece_acc(wv, wu, nr, nj, m0, p, acc, acc_up);
     }
-    vec_finish(acc, acc_up, nr, m0, j);
+    vec_finish(acc, acc_up, nr, nj, m0, j0);
 }

@@ -12,8 +12,10 @@
 #      batch-1 decode again through the tiled matmul, for comparison
 #   5. the same model quantized to Q4_0: decode at batch 1 and 8 (the
 #      quantized matmul_qvec where the device has subgroup arithmetic)
-#   6. conform on a SmolLM2-135M-shaped dummy (Q4_1), if time is left
-#   7. Q4_0 batch-1 decode through the tiled matmul, if time is left
+#   6. the BF16 decode of step 4 at batch 1, 8, 64 again with one weight row
+#      per decode-matmul workgroup (DUET_VK_VEC_ROWS=1; the default is 4)
+#   7. conform on a SmolLM2-135M-shaped dummy (Q4_1), if time is left
+#   8. Q4_0 batch-1 decode through the tiled matmul, if time is left
 # Every step has a timeout; a failed step is reported and the rest still
 # run. A table comes last; JSON and logs go to $DUET_RESULTS (default
 # ./gpu-check-results): one file per step and summary.json.
@@ -180,6 +182,10 @@ run forward-tiled 60 forward-tiled.json env DUET_VK_MATMUL=tiled "$duet" bench f
 # where the device has subgroup arithmetic).
 run forward-q4 60 forward-q4.json "$duet" bench forward --device vulkan --json "${fwdq_model[@]}" \
   "${fwdq_args[@]}"
+# The BF16 decode with one weight row per matmul_vec workgroup (the default
+# takes 4 and reads each activation run once for all of them).
+run forward-rows1 60 forward-rows1.json env DUET_VK_VEC_ROWS=1 "$duet" bench forward \
+  --device vulkan --json "${fwd_model[@]}" "${fwd_args[@]}" --prefill 0
 if [ "$quick" = 0 ]; then
   run conform-smollm 60 - "$duet" conform --backends cpu,vulkan --ops model \
     --model-config smollm2-135m --dummy-dtype q4_1 --dummy-seed 1 --json "$results/conform-smollm.json"
@@ -272,6 +278,7 @@ if fw:
         rows.append(("forward", "FAIL", "incomplete (see forward.log)"))
 for step, key, label in (("forward-tiled", "forward_tiled", "decode %d, tiled mm"),
                          ("forward-q4", "forward_q4", "decode %d, q4_0"),
+                         ("forward-rows1", "forward_rows1", "decode %d, vec rows 1"),
                          ("forward-q4-tiled", "forward_q4_tiled", "decode %d, q4_0 tiled")):
     ft = load(step + ".json")
     summary[key] = ft

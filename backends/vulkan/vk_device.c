@@ -505,6 +505,21 @@ static duet_status timeline_create(vk_ctx *c)
 }
 
 /* DUET_VK_FAULT=device_lost_after:N | oom[:N] | pipeline[:shader] (tests). */
+/* DUET_VK_VEC_ROWS=1|2|4: the weight rows per workgroup of the decode
+ * matmuls (docs/VULKAN.md); unset: 4. */
+static duet_status vec_rows_parse(const char *env, int *log2_rows)
+{
+    *log2_rows = 2;
+    if (!env)
+        return DUET_OK;
+    for (int l = 0; l < 3; l++)
+        if (env[0] == "124"[l] && env[1] == '\0') {
+            *log2_rows = l;
+            return DUET_OK;
+        }
+    return duet_error(DUET_ERR_INVALID_ARG, "DUET_VK_VEC_ROWS='%s': expected 1, 2 or 4", env);
+}
+
 static duet_status fault_parse(const char *env, vk_fault *f)
 {
     memset(f, 0, sizeof *f);
@@ -682,7 +697,8 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
     c->phys = pds[index];
     c->caps = caps[index];
     /* Faults count from here: device creation itself never fails by them. */
-    if ((rc = device_open(c)) || (rc = fault_parse(getenv("DUET_VK_FAULT"), &c->fault)))
+    if ((rc = vec_rows_parse(getenv("DUET_VK_VEC_ROWS"), &c->vec_rows_log2)) ||
+        (rc = device_open(c)) || (rc = fault_parse(getenv("DUET_VK_FAULT"), &c->fault)))
         goto out_destroy;
     duet_device *dev = calloc(1, sizeof *dev);
     if (!dev) {

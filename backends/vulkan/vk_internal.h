@@ -60,8 +60,9 @@ typedef enum vk_shader {
 } vk_shader;
 /* Pipeline variants per shader: spec % 32 is a type (constant 0), spec / 32
  * a kernel variant (constant 1; the matmuls: bit 0 per-output, bit 1
- * gated). */
-enum { VK_SPEC_VALUES = 128 };
+ * gated, bits 2-3 log2 of the weight rows per workgroup of matmul_vec /
+ * matmul_qvec). */
+enum { VK_SPEC_VALUES = 512 };
 
 /* What a physical device reports (probed once; never enable more). */
 typedef struct vk_caps {
@@ -199,6 +200,8 @@ typedef struct vk_ctx {
     vk_fault fault;
     atomic_long n_submits, n_allocs; /* counted for the faults */
     int stats;                  /* DUET_VK_STATS=1: print commands/barriers per submit */
+    int vec_rows_log2;          /* matmul_vec/qvec: 1 << this weight rows per workgroup
+                                   (DUET_VK_VEC_ROWS, default 4) */
     uint32_t mem_device;        /* memory type indices */
     uint32_t mem_host;
     int device_mem_mapped;      /* device-local type is host-visible+coherent */

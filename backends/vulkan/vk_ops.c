@@ -218,10 +218,11 @@ duet_status duet_vk_embed(void *ctx, duet_stream *s, const duet_embed_args *a)
  * units: k a multiple of the block (true of every valid row) and blocks
  * 2-byte aligned (deq8's 16-bit fields; check_weight_offset ensures it).
  * Activations may sit at any word offset (x_run4 reads words when they are
- * not 16-byte aligned). */
+ * not 16-byte aligned). Both size their reduction for subgroups of at
+ * least 4 invocations (at most 32 per workgroup of 128). */
 static vk_shader vec_kernel(const vk_ctx *c, duet_dtype t, int k, uint32_t w_res)
 {
-    if (!c->caps.vec_matmul)
+    if (!c->caps.vec_matmul || c->caps.subgroup_size < 4)
         return VK_SH_COUNT;
     switch (t) {
     case DUET_F32:
@@ -244,7 +245,9 @@ static vk_shader vec_kernel(const vk_ctx *c, duet_dtype t, int k, uint32_t w_res
 }
 
 /* The gated form (w_up) is the same dispatches with W_up bound at 4,
- * split over the same rows as W, and kernel variant bit 1 set. */
+ * split over the same rows as W, and kernel variant bit 1 set. The decode
+ * kernels take 1 << c->vec_rows_log2 weight rows per workgroup (variant
+ * bits 2-3). */
 duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
 {
     vk_ctx *c = ctx;
@@ -311,9 +314,10 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
                 /* x: groups of MATMUL_MT activation rows, the fastest
                  * dimension, so the workgroups that read the same weights
                  * are launched together (one read from memory, the rest
-                 * from L2); y, z: weight rows (vec) or tiles of
-                 * MATMUL_RPW (tiled), folded. */
-                uint64_t wg = vec ? nc : ceil_div(nc, MATMUL_RPW);
+                 * from L2); y, z: groups of 1 << vec_rows_log2 weight
+                 * rows (vec) or tiles of MATMUL_RPW (tiled), folded. */
+                uint64_t wg = vec ? ceil_div(nc, 1ull << c->vec_rows_log2)
+                                  : ceil_div(nc, MATMUL_RPW);
                 gx = (uint32_t)ceil_div(mc, MATMUL_MT);
                 gy = wg < MAX_GROUPS_X ? (uint32_t)wg : MAX_GROUPS_X;
                 gz = (uint32_t)ceil_div(wg, gy);
@@ -325,7 +329,8 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
             }
             uint32_t spec = (uint32_t)a->w_type + 64u * (uint32_t)gated;
             if (vec)
-                rc = duet_vk_dispatch(c, s, vsh, spec, b, 5, &pc, sizeof pc, gx, gy, gz);
+                rc = duet_vk_dispatch(c, s, vsh, spec + 128u * (uint32_t)c->vec_rows_log2, b, 5,
+                                      &pc, sizeof pc, gx, gy, gz);
             else
                 rc = duet_vk_dispatch(c, s, VK_SH_MATMUL, spec + 32u * per_output, b, 5, &pc,
                                       sizeof pc, gx, gy, gz);

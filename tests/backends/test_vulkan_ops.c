@@ -521,16 +521,24 @@ static void exact_weights_case(duet_dtype t, int k, int n)
     free(w), free(in), free(want), free(got);
 }
 
+/* The spec index of the decode kernels' plain variant on device d: the
+ * weight rows per workgroup (variant bits 2-3) it was created with. */
+static uint32_t vec_spec(duet_device *d, duet_dtype t)
+{
+    const vk_ctx *c = d->ctx;
+    return (uint32_t)t + 128u * (uint32_t)c->vec_rows_log2;
+}
+
 /* Which matmul pipelines of weight type t the device has created (they
  * are created on first use): bit 0 tiled, 1 per-output, 2 matmul_vec,
- * 3 matmul_qvec. */
+ * 3 matmul_qvec (with the device's weight rows per workgroup). */
 static unsigned matmul_kernels_used(duet_device *d, duet_dtype t)
 {
     const vk_ctx *c = d->ctx;
     return (c->pipes[VK_SH_MATMUL][t] != VK_NULL_HANDLE) |
            (c->pipes[VK_SH_MATMUL][t + 32] != VK_NULL_HANDLE) << 1 |
-           (c->pipes[VK_SH_MATMUL_VEC][t] != VK_NULL_HANDLE) << 2 |
-           (c->pipes[VK_SH_MATMUL_QVEC][t] != VK_NULL_HANDLE) << 3;
+           (c->pipes[VK_SH_MATMUL_VEC][vec_spec(d, t)] != VK_NULL_HANDLE) << 2 |
+           (c->pipes[VK_SH_MATMUL_QVEC][vec_spec(d, t)] != VK_NULL_HANDLE) << 3;
 }
 
 /* Each matmul kernel variant (tiled with shared memory, one invocation
@@ -664,7 +672,10 @@ static void glu_variant_cases(const char *variant, vk_shader sh_plain, vk_shader
         free(w), free(wu);
         vk_shader sh = duet_dtype_get(t)->block_elems == 1 ? sh_plain : sh_quant;
         const vk_ctx *c = vk.d->ctx;
-        if (c->pipes[sh][t + 32u * bits] == VK_NULL_HANDLE)
+        uint32_t spec = t + 32u * bits;
+        if (sh == VK_SH_MATMUL_VEC || sh == VK_SH_MATMUL_QVEC)
+            spec = vec_spec(vk.d, t) + 32u * bits;
+        if (c->pipes[sh][spec] == VK_NULL_HANDLE)
             fail_msg("gated matmul %s (%s): the forced kernel's gated pipeline was not used",
                      duet_dtype_get(t)->name, variant);
     }
@@ -692,6 +703,113 @@ static void test_matmul_glu(void **state)
     glu_variant_cases("tiled", VK_SH_MATMUL, VK_SH_MATMUL, 2);
     glu_variant_cases("per-output", VK_SH_MATMUL, VK_SH_MATMUL, 3);
     glu_variant_cases("vec", VK_SH_MATMUL_VEC, VK_SH_MATMUL_QVEC, 2);
+}
+
+/* ---- the decode kernels' weight rows per workgroup (DUET_VK_VEC_ROWS) ------------- */
+
+enum { VR_N = 23, VR_NM = 4 }; /* n not a multiple of 4 */
+static const int vr_ms[VR_NM] = {1, 3, 9, 17};
+
+/* On a device with DUET_VK_MATMUL=vec and DUET_VK_VEC_ROWS=rows: for every
+ * weight type, plain (with bias) and gated, and every m in vr_ms, the
+ * outputs into out[type][gated][mi] (VR_N * 17 floats each); the pipeline
+ * with those rows must be the one created. */
+static void vec_rows_run(const char *rows, int log2_rows, const uint8_t *const *w,
+                         const uint8_t *const *wu, const size_t *bytes, const float *in,
+                         const float *bias, float (*out)[2][VR_NM][VR_N * 17])
+{
+    side saved = vk;
+    setenv("DUET_VK_MATMUL", "vec", 1);
+    setenv("DUET_VK_VEC_ROWS", rows, 1);
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
+    unsetenv("DUET_VK_MATMUL");
+    unsetenv("DUET_VK_VEC_ROWS");
+    assert_int_equal(rc, DUET_OK);
+    assert_int_equal(((const vk_ctx *)vk.d->ctx)->vec_rows_log2, log2_rows);
+    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
+    for (int i = 0; i < N_WEIGHT_TYPES; i++) {
+        duet_dtype t = weight_types[i];
+        int k = duet_dtype_get(t)->block_elems > 32 ? 256 : 64;
+        for (int mi = 0; mi < VR_NM; mi++) {
+            run_matmul(&vk, t, w[i], bytes[i], in, bias, vr_ms[mi], k, VR_N, out[i][0][mi]);
+            run_glu(&vk, t, w[i], wu[i], bytes[i], in, vr_ms[mi], k, VR_N, 1, out[i][1][mi]);
+        }
+        vk_shader sh = duet_dtype_get(t)->block_elems == 1 ? VK_SH_MATMUL_VEC : VK_SH_MATMUL_QVEC;
+        const vk_ctx *c = vk.d->ctx;
+        uint32_t spec = (uint32_t)t + 128u * (uint32_t)log2_rows;
+        if (c->pipes[sh][spec] == VK_NULL_HANDLE || c->pipes[sh][spec + 64] == VK_NULL_HANDLE)
+            fail_msg("matmul %s: DUET_VK_VEC_ROWS=%s's pipelines were not used",
+                     duet_dtype_get(t)->name, rows);
+    }
+    check_validation();
+    duet_dev_stream_destroy(vk.d, vk.s);
+    duet_device_close(vk.d);
+    vk = saved;
+}
+
+/* matmul_vec / matmul_qvec with 1, 2 and 4 weight rows per workgroup give
+ * the same bits, plain with a bias and gated, for every weight type, at
+ * m = 1, 3, 9, 17 and n = 23 (the last group partial); 4 rows agree with
+ * the CPU reference too. A bad DUET_VK_VEC_ROWS fails device creation,
+ * naming it. */
+static void test_matmul_vec_rows(void **state)
+{
+    (void)state;
+    static const char *rows[] = {"1", "2", "4"};
+    uint8_t *w[N_WEIGHT_TYPES], *wu[N_WEIGHT_TYPES];
+    size_t bytes[N_WEIGHT_TYPES];
+    float *in = frand_array(17 * 256, 1), *bias = frand_array(VR_N, 1);
+    float(*got[3])[2][VR_NM][VR_N * 17];
+    for (int i = 0; i < N_WEIGHT_TYPES; i++) {
+        int k = duet_dtype_get(weight_types[i])->block_elems > 32 ? 256 : 64;
+        w[i] = random_weights(weight_types[i], VR_N, k, &bytes[i]);
+        wu[i] = random_weights(weight_types[i], VR_N, k, &bytes[i]);
+    }
+    for (int r = 0; r < 3; r++) {
+        got[r] = calloc(N_WEIGHT_TYPES, sizeof *got[r]);
+        vec_rows_run(rows[r], r, (const uint8_t *const *)w, (const uint8_t *const *)wu, bytes,
+                     in, bias, got[r]);
+    }
+    for (int i = 0; i < N_WEIGHT_TYPES; i++) {
+        duet_dtype t = weight_types[i];
+        int k = duet_dtype_get(t)->block_elems > 32 ? 256 : 64;
+        for (int g = 0; g < 2; g++)
+            for (int mi = 0; mi < VR_NM; mi++) {
+                size_t cnt = (size_t)vr_ms[mi] * VR_N;
+                for (int r = 1; r < 3; r++)
+                    for (size_t e = 0; e < cnt; e++)
+                        if (memcmp(&got[r][i][g][mi][e], &got[0][i][g][mi][e], 4) != 0)
+                            fail_msg("matmul %s%s m=%d: rows %s gives %.9g at [%zu][%zu], rows 1 "
+                                     "%.9g",
+                                     duet_dtype_get(t)->name, g ? " gated" : "", vr_ms[mi],
+                                     rows[r], got[r][i][g][mi][e], e / VR_N, e % VR_N,
+                                     got[0][i][g][mi][e]);
+            }
+        /* the default (4 rows) against the CPU at m = 17 */
+        float *want = malloc(4ull * 17 * VR_N);
+        char what[96];
+        run_matmul(&cpu, t, w[i], bytes[i], in, bias, 17, k, VR_N, want);
+        snprintf(what, sizeof what, "matmul %s, 4 vec rows, vs the CPU", duet_dtype_get(t)->name);
+        vk_assert_match(what, got[2][i][0][VR_NM - 1], want, 17 * VR_N, 5e-4);
+        run_glu(&cpu, t, w[i], wu[i], bytes[i], in, 17, k, VR_N, 1, want);
+        snprintf(what, sizeof what, "gated matmul %s, 4 vec rows, vs the CPU",
+                 duet_dtype_get(t)->name);
+        vk_assert_match(what, got[2][i][1][VR_NM - 1], want, 17 * VR_N, 5e-4);
+        free(want);
+        free(w[i]), free(wu[i]);
+    }
+    for (int r = 0; r < 3; r++)
+        free(got[r]);
+    free(in), free(bias);
+
+    duet_device *d = NULL;
+    setenv("DUET_VK_VEC_ROWS", "3", 1);
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &d);
+    unsetenv("DUET_VK_VEC_ROWS");
+    assert_int_equal(rc, DUET_ERR_INVALID_ARG);
+    assert_null(d);
+    assert_non_null(strstr(duet_last_error(), "DUET_VK_VEC_ROWS='3'"));
+    assert_non_null(strstr(duet_last_error(), "1, 2 or 4"));
 }
 
 /* Embed rows ids[0..n) of an F16 table and one matmul over all of it, on
@@ -1269,6 +1387,7 @@ int main(void)
         cmocka_unit_test(test_matmul_types),
         cmocka_unit_test(test_matmul_variants),
         cmocka_unit_test(test_matmul_glu),
+        cmocka_unit_test(test_matmul_vec_rows),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_kv_write),
         cmocka_unit_test(test_kv_write_rope),

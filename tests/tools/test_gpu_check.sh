@@ -54,7 +54,8 @@ if "$duet" devices --json >"$tmp/dev.json" 2>/dev/null &&
      ! grep -qi "validation" "$tmp/res"/*.log && py_json "$tmp/res/summary.json" '
 assert d["quick"] is True
 assert [s["step"] for s in d["steps"]] == ["devices", "bandwidth", "conform-ops", "conform-model", "forward",
-                                          "forward-tiled", "forward-q4", "forward-q4-tiled"]
+                                          "forward-tiled", "forward-q4", "forward-rows1",
+                                          "forward-q4-tiled"]
 assert all(s["status"] == "OK" for s in d["steps"]), d["steps"]
 assert d["bandwidth"]["copy_gbps_median"] > 0
 assert d["conform-ops"]["summary"]["fail"] == 0 and d["conform-ops"]["summary"]["pass"] > 50
@@ -68,6 +69,8 @@ assert [x["batch"] for x in d["forward_q4"]["decode"]] == [1, 8]
 assert d["forward_q4"]["weight_bytes"] < d["forward"]["weight_bytes"] / 3  # Q4_0, not BF16
 assert all(0 < x["fraction_of_copy"] for x in d["forward_q4"]["decode"])
 assert [x["batch"] for x in d["forward_q4_tiled"]["decode"]] == [1]
+assert [x["batch"] for x in d["forward_rows1"]["decode"]] == [1, 8, 64]
+assert d["forward_rows1"].get("prefill") is None, d["forward_rows1"].get("prefill")
 ' "$tmp/res/summary.json" 2>"$tmp/err"; then
     ok "gpu-check.sh --quick on $(py_json "$tmp/dev.json" 'print([x["name"] for x in d["devices"] if x["backend"] == "vulkan"][0])' "$tmp/dev.json")"
   else
