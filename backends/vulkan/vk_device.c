@@ -509,7 +509,7 @@ static duet_status timeline_create(vk_ctx *c)
  * matmuls (docs/VULKAN.md); unset: 4. */
 static duet_status vec_rows_parse(const char *env, int *log2_rows)
 {
-    *log2_rows = 2;
+    *log2_rows = -1; /* the default: duet_vk_vec_rows_log2() */
     if (!env)
         return DUET_OK;
     for (int l = 0; l < 3; l++)

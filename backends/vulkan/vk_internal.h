@@ -201,7 +201,8 @@ typedef struct vk_ctx {
     atomic_long n_submits, n_allocs; /* counted for the faults */
     int stats;                  /* DUET_VK_STATS=1: print commands/barriers per submit */
     int vec_rows_log2;          /* matmul_vec/qvec: 1 << this weight rows per workgroup
-                                   (DUET_VK_VEC_ROWS, default 4) */
+                                   (DUET_VK_VEC_ROWS); -1 = the default, see
+                                   duet_vk_vec_rows_log2() */
     uint32_t mem_device;        /* memory type indices */
     uint32_t mem_host;
     int device_mem_mapped;      /* device-local type is host-visible+coherent */
@@ -325,5 +326,13 @@ duet_status duet_vk_gather_rows(void *ctx, duet_stream *s, const duet_gather_row
 duet_status duet_vk_sample(void *ctx, duet_stream *s, const duet_sample_args *a);
 duet_status duet_vk_sample_math_check(duet_device *d, duet_stream *s, duet_addr in,
                                       duet_addr out, int n_rows, int n);
+
+/* log2 of the weight rows per workgroup of matmul_vec/qvec: DUET_VK_VEC_ROWS
+ * when set, else 4 rows plain and 2 gated (a gated workgroup holds W and
+ * W_up rows: 2 gated rows keep the registers of 4 plain ones). */
+static inline int duet_vk_vec_rows_log2(const vk_ctx *c, int gated)
+{
+    return c->vec_rows_log2 >= 0 ? c->vec_rows_log2 : gated ? 1 : 2;
+}
 
 #endif

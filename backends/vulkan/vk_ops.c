@@ -246,7 +246,7 @@ static vk_shader vec_kernel(const vk_ctx *c, duet_dtype t, int k, uint32_t w_res
 
 /* The gated form (w_up) is the same dispatches with W_up bound at 4,
  * split over the same rows as W, and kernel variant bit 1 set. The decode
- * kernels take 1 << c->vec_rows_log2 weight rows per workgroup (variant
+ * kernels take 1 << duet_vk_vec_rows_log2() weight rows per workgroup (variant
  * bits 2-3). */
 duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
 {
@@ -309,14 +309,15 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
             if (gated && vec_kernel(c, a->w_type, a->k, wu_res) != vsh)
                 vsh = VK_SH_COUNT; /* both weights must suit the decode kernel */
             int vec = vsh != VK_SH_COUNT;
+            int rows_log2 = duet_vk_vec_rows_log2(c, gated);
             uint32_t gx, gy, gz;
             if (vec || !per_output) {
                 /* x: groups of MATMUL_MT activation rows, the fastest
                  * dimension, so the workgroups that read the same weights
                  * are launched together (one read from memory, the rest
-                 * from L2); y, z: groups of 1 << vec_rows_log2 weight
+                 * from L2); y, z: groups of 1 << rows_log2 weight
                  * rows (vec) or tiles of MATMUL_RPW (tiled), folded. */
-                uint64_t wg = vec ? ceil_div(nc, 1ull << c->vec_rows_log2)
+                uint64_t wg = vec ? ceil_div(nc, 1ull << rows_log2)
                                   : ceil_div(nc, MATMUL_RPW);
                 gx = (uint32_t)ceil_div(mc, MATMUL_MT);
                 gy = wg < MAX_GROUPS_X ? (uint32_t)wg : MAX_GROUPS_X;
@@ -329,7 +330,7 @@ duet_status duet_vk_matmul(void *ctx, duet_stream *s, const duet_matmul_args *a)
             }
             uint32_t spec = (uint32_t)a->w_type + 64u * (uint32_t)gated;
             if (vec)
-                rc = duet_vk_dispatch(c, s, vsh, spec + 128u * (uint32_t)c->vec_rows_log2, b, 5,
+                rc = duet_vk_dispatch(c, s, vsh, spec + 128u * (uint32_t)rows_log2, b, 5,
                                       &pc, sizeof pc, gx, gy, gz);
             else
                 rc = duet_vk_dispatch(c, s, VK_SH_MATMUL, spec + 32u * per_output, b, 5, &pc,

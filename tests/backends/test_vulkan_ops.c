@@ -523,10 +523,10 @@ static void exact_weights_case(duet_dtype t, int k, int n)
 
 /* The spec index of the decode kernels' plain variant on device d: the
  * weight rows per workgroup (variant bits 2-3) it was created with. */
-static uint32_t vec_spec(duet_device *d, duet_dtype t)
+static uint32_t vec_spec(duet_device *d, duet_dtype t, int gated)
 {
     const vk_ctx *c = d->ctx;
-    return (uint32_t)t + 128u * (uint32_t)c->vec_rows_log2;
+    return (uint32_t)t + 64u * (uint32_t)gated + 128u * (uint32_t)duet_vk_vec_rows_log2(c, gated);
 }
 
 /* Which matmul pipelines of weight type t the device has created (they
@@ -537,8 +537,8 @@ static unsigned matmul_kernels_used(duet_device *d, duet_dtype t)
     const vk_ctx *c = d->ctx;
     return (c->pipes[VK_SH_MATMUL][t] != VK_NULL_HANDLE) |
            (c->pipes[VK_SH_MATMUL][t + 32] != VK_NULL_HANDLE) << 1 |
-           (c->pipes[VK_SH_MATMUL_VEC][vec_spec(d, t)] != VK_NULL_HANDLE) << 2 |
-           (c->pipes[VK_SH_MATMUL_QVEC][vec_spec(d, t)] != VK_NULL_HANDLE) << 3;
+           (c->pipes[VK_SH_MATMUL_VEC][vec_spec(d, t, 0)] != VK_NULL_HANDLE) << 2 |
+           (c->pipes[VK_SH_MATMUL_QVEC][vec_spec(d, t, 0)] != VK_NULL_HANDLE) << 3;
 }
 
 /* Each matmul kernel variant (tiled with shared memory, one invocation
@@ -674,7 +674,7 @@ static void glu_variant_cases(const char *variant, vk_shader sh_plain, vk_shader
         const vk_ctx *c = vk.d->ctx;
         uint32_t spec = t + 32u * bits;
         if (sh == VK_SH_MATMUL_VEC || sh == VK_SH_MATMUL_QVEC)
-            spec = vec_spec(vk.d, t) + 32u * bits;
+            spec = vec_spec(vk.d, t, (bits & 2) != 0) + 32u * (bits & 1);
         if (c->pipes[sh][spec] == VK_NULL_HANDLE)
             fail_msg("gated matmul %s (%s): the forced kernel's gated pipeline was not used",
                      duet_dtype_get(t)->name, variant);
