@@ -82,6 +82,33 @@ static void check_validation(void)
         fail_msg("the Vulkan validation layer reported %d message(s) (see stderr)", n);
 }
 
+/* Make vk a device of its own created with n1=v1 (and n2=v2 when n2 is not
+ * NULL) set; returns the shared one, for restore_device(). */
+static side device_with_env(const char *n1, const char *v1, const char *n2, const char *v2)
+{
+    side saved = vk;
+    setenv(n1, v1, 1);
+    if (n2)
+        setenv(n2, v2, 1);
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
+    unsetenv(n1);
+    if (n2)
+        unsetenv(n2);
+    assert_int_equal(rc, DUET_OK);
+    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
+    return saved;
+}
+
+/* Close device_with_env's device (no validation message allowed) and put
+ * the shared one back. */
+static void restore_device(side saved)
+{
+    check_validation();
+    duet_dev_stream_destroy(vk.d, vk.s);
+    duet_device_close(vk.d);
+    vk = saved;
+}
+
 /* ---- weights ------------------------------------------------------------------ */
 
 static const duet_dtype weight_types[] = {DUET_F32,  DUET_F16,  DUET_BF16, DUET_Q8_0, DUET_Q4_0,
@@ -551,12 +578,7 @@ static unsigned matmul_kernels_used(duet_device *d, duet_dtype t)
  * and per-output kernels take. */
 static void variant_cases(const char *variant, unsigned want_plain, unsigned want_quant)
 {
-    side saved = vk;
-    setenv("DUET_VK_MATMUL", variant, 1);
-    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
-    unsetenv("DUET_VK_MATMUL");
-    assert_int_equal(rc, DUET_OK);
-    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
+    side saved = device_with_env("DUET_VK_MATMUL", variant, NULL, NULL);
     for (int i = 0; i < N_WEIGHT_TYPES; i++) {
         duet_dtype t = weight_types[i];
         int plain = duet_dtype_get(t)->block_elems == 1;
@@ -586,10 +608,7 @@ static void variant_cases(const char *variant, unsigned want_plain, unsigned wan
         if (plain)
             matmul_case(t, 3, 100, 9, 1); /* k not a multiple of 4 or 8 */
     }
-    check_validation();
-    duet_dev_stream_destroy(vk.d, vk.s);
-    duet_device_close(vk.d);
-    vk = saved;
+    restore_device(saved);
 }
 
 static void test_matmul_variants(void **state)
@@ -639,12 +658,7 @@ static void glu_variant_cases(const char *variant, vk_shader sh_plain, vk_shader
                               uint32_t bits)
 {
     static const int ms[] = {1, 9};
-    side saved = vk;
-    setenv("DUET_VK_MATMUL", variant, 1);
-    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
-    unsetenv("DUET_VK_MATMUL");
-    assert_int_equal(rc, DUET_OK);
-    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
+    side saved = device_with_env("DUET_VK_MATMUL", variant, NULL, NULL);
     for (int i = 0; i < N_WEIGHT_TYPES; i++) {
         duet_dtype t = weight_types[i];
         int k = duet_dtype_get(t)->block_elems > 32 ? 512 : 256, n = 21;
@@ -679,10 +693,7 @@ static void glu_variant_cases(const char *variant, vk_shader sh_plain, vk_shader
             fail_msg("gated matmul %s (%s): the forced kernel's gated pipeline was not used",
                      duet_dtype_get(t)->name, variant);
     }
-    check_validation();
-    duet_dev_stream_destroy(vk.d, vk.s);
-    duet_device_close(vk.d);
-    vk = saved;
+    restore_device(saved);
 }
 
 static void test_matmul_glu(void **state)
@@ -718,15 +729,8 @@ static void vec_rows_run(const char *rows, int log2_rows, const uint8_t *const *
                          const uint8_t *const *wu, const size_t *bytes, const float *in,
                          const float *bias, float (*out)[2][VR_NM][VR_N * 17])
 {
-    side saved = vk;
-    setenv("DUET_VK_MATMUL", "vec", 1);
-    setenv("DUET_VK_VEC_ROWS", rows, 1);
-    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
-    unsetenv("DUET_VK_MATMUL");
-    unsetenv("DUET_VK_VEC_ROWS");
-    assert_int_equal(rc, DUET_OK);
+    side saved = device_with_env("DUET_VK_MATMUL", "vec", "DUET_VK_VEC_ROWS", rows);
     assert_int_equal(((const vk_ctx *)vk.d->ctx)->vec_rows_log2, log2_rows);
-    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
     for (int i = 0; i < N_WEIGHT_TYPES; i++) {
         duet_dtype t = weight_types[i];
         int k = duet_dtype_get(t)->block_elems > 32 ? 256 : 64;
@@ -741,10 +745,7 @@ static void vec_rows_run(const char *rows, int log2_rows, const uint8_t *const *
             fail_msg("matmul %s: DUET_VK_VEC_ROWS=%s's pipelines were not used",
                      duet_dtype_get(t)->name, rows);
     }
-    check_validation();
-    duet_dev_stream_destroy(vk.d, vk.s);
-    duet_device_close(vk.d);
-    vk = saved;
+    restore_device(saved);
 }
 
 /* matmul_vec / matmul_qvec with 1, 2 and 4 weight rows per workgroup give
@@ -914,12 +915,7 @@ static void test_big_weight_chunked(void **state)
     size_t bytes = 2ull * dim * vocab;
     char cap[32];
     snprintf(cap, sizeof cap, "%zu", bytes / 10 * 9); /* 144 MiB: two chunks */
-    side saved = vk;
-    setenv("DUET_VK_MAX_ALLOC", cap, 1);
-    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &vk.d);
-    unsetenv("DUET_VK_MAX_ALLOC");
-    assert_int_equal(rc, DUET_OK);
-    assert_int_equal(duet_dev_stream_create(vk.d, &vk.s), DUET_OK);
+    side saved = device_with_env("DUET_VK_MAX_ALLOC", cap, NULL, NULL);
 
     uint16_t *table = malloc(bytes);
     for (size_t i = 0; i < bytes / 2; i++)
@@ -941,10 +937,7 @@ static void test_big_weight_chunked(void **state)
     assert_memory_equal(back, table, bytes);
     duet_dev_buffer_free(vk.d, b);
     free(back), free(table);
-    check_validation();
-    duet_dev_stream_destroy(vk.d, vk.s);
-    duet_device_close(vk.d);
-    vk = saved;
+    restore_device(saved);
 }
 
 /* ---- rope ------------------------------------------------------------------------ */
