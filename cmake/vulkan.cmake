@@ -53,6 +53,13 @@ add_custom_command(
   DEPENDS ${duet_spirv_files} ${CMAKE_SOURCE_DIR}/shaders/embed_spirv.cmake
   COMMENT "embedding SPIR-V into duet_spirv.c"
   VERBATIM)
+# Two libraries (duet, duet_testing) compile duet_spirv.c. With the
+# commands above only in their sources, each would get its own copy of the
+# rules and a parallel build would run glslc twice on one .spv at once (one
+# run's spirv-val then reads the other's half-written file). One target
+# owns them; the libraries wait for it.
+add_custom_target(duet_spirv DEPENDS ${duet_spirv_c})
+list(APPEND duet_extra_deps duet_spirv)
 
 list(APPEND duet_sources ${duet_vulkan_sources} ${duet_spirv_c})
 list(APPEND duet_include_dirs ${CMAKE_SOURCE_DIR}/backends/vulkan ${DUET_VULKAN_INCLUDE_DIR})
