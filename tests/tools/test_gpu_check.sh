@@ -28,6 +28,8 @@ for x in d["decode"]:
     assert x["bytes_per_step"] == w + b * 128 * 2 + b * 21 * d["kv_bytes_per_token"], x
     assert x["tok_s"] > 0 and len(x["step_ms"]) == 2
     assert abs(x["gbps"] - x["bytes_per_step"] / (x["step_ms_median"] / 1e3) / 1e9) < 0.01 + 0.01 * x["gbps"]
+    assert x["pipelined_step_ms"] > 0 and abs(x["pipelined_tok_s"] - b / (x["pipelined_step_ms"] / 1e3)) < 0.01 + 0.01 * x["pipelined_tok_s"], x
+    assert abs(x["pipelined_gbps"] - x["bytes_per_step"] / (x["pipelined_step_ms"] / 1e3) / 1e9) < 0.01 + 0.01 * x["pipelined_gbps"], x
 assert d["prefill"]["tokens"] == 40 and d["prefill"]["tok_s"] > 0
 ' "$tmp/fw.json" 2>"$tmp/err2"; then
   ok "bench forward --json on the CPU: complete, bytes per step from the shape"
