@@ -85,7 +85,7 @@ typedef struct fwd_kind {
 typedef struct fwd_profile {
     fwd_kind k[MAX_KINDS];
     int n, steps;
-    double recordings, span_us, wall_s;
+    double recordings, barriers, span_us, wall_s;
 } fwd_profile;
 
 static double now_s(void)
@@ -287,6 +287,7 @@ static duet_status profile_take(duet_device *d, int steps, double wall_s, fwd_pr
     }
     p->n = n < MAX_KINDS ? n : MAX_KINDS;
     p->recordings = (double)t.recordings;
+    p->barriers = (double)t.barriers;
     p->span_us = t.span_us;
     return DUET_OK;
 #else
@@ -299,9 +300,9 @@ static void profile_print(const char *what, const fwd_profile *p, int json)
 {
     double steps = p->steps, span = p->span_us / steps, wall = p->wall_s * 1e6 / steps;
     if (json) {
-        printf(", \"profile\": {\"steps\": %d, \"recordings\": %.0f, \"span_us_per_step\": %.1f, "
-               "\"wall_us_per_step\": %.1f, \"kinds\": [",
-               p->steps, p->recordings, span, wall);
+        printf(", \"profile\": {\"steps\": %d, \"recordings\": %.0f, \"barriers_per_step\": %.1f, "
+               "\"span_us_per_step\": %.1f, \"wall_us_per_step\": %.1f, \"kinds\": [",
+               p->steps, p->recordings, p->barriers / steps, span, wall);
         for (int i = 0; i < p->n; i++)
             printf("%s{\"kind\": \"%s\", \"per_step\": %.2f, \"us_per_step\": %.2f, "
                    "\"share\": %.4f}",
@@ -311,9 +312,10 @@ static void profile_print(const char *what, const fwd_profile *p, int json)
         return;
     }
     printf("  profile of %s, %d steps: GPU span %.1f us/step, wall %.1f us/step (GPU busy "
-           "%.0f%%)\n"
+           "%.0f%%), %.1f barriers/step\n"
            "  %-22s %12s %12s %8s\n",
-           what, p->steps, span, wall, wall > 0 ? 100.0 * span / wall : 0.0, "kind",
+           what, p->steps, span, wall, wall > 0 ? 100.0 * span / wall : 0.0,
+           p->barriers / steps, "kind",
            "cmds/step", "us/step", "share");
     for (int i = 0; i < p->n; i++)
         printf("  %-22s %12.1f %12.1f %7.1f%%\n", p->k[i].kind, p->k[i].count / steps,

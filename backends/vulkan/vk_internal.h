@@ -258,7 +258,7 @@ typedef struct vk_ctx {
         PFN_vkCmdWriteTimestamp vkCmdWriteTimestamp;
         PFN_vkGetQueryPoolResults vkGetQueryPoolResults;
         pthread_mutex_t lock;
-        uint64_t count[VK_PROF_KINDS], recordings;
+        uint64_t count[VK_PROF_KINDS], recordings, barriers;
         double ns[VK_PROF_KINDS], span_ns;
     } prof;
 } vk_ctx;

@@ -160,17 +160,17 @@ duet_status duet_vk_profile_collect(vk_ctx *c, duet_stream *s)
         double period = c->caps.timestamp_period;
         /* Differences modulo the counter's width (it may wrap); a stamp
          * earlier than the one before (out of order) counts 0. */
-        uint64_t span = 0;
+        uint64_t span = (t[n - 1] - t[0]) & mask;
         pthread_mutex_lock(&c->prof.lock);
         for (int j = 1; j < n; j++) {
             uint64_t d = (t[j] - t[j - 1]) & mask;
             if (d > mask / 2)
                 d = 0;
-            span += d;
             c->prof.count[s->prof.kinds[j]]++;
             c->prof.ns[s->prof.kinds[j]] += (double)d * period;
         }
         c->prof.recordings++;
+        c->prof.barriers += (uint64_t)s->n_barriers;
         c->prof.span_ns += (double)span * period;
         pthread_mutex_unlock(&c->prof.lock);
     }
@@ -211,6 +211,7 @@ void duet_vulkan_profile_reset(duet_device *d)
     memset(c->prof.count, 0, sizeof c->prof.count);
     memset(c->prof.ns, 0, sizeof c->prof.ns);
     c->prof.recordings = 0;
+    c->prof.barriers = 0;
     c->prof.span_ns = 0;
     pthread_mutex_unlock(&c->prof.lock);
 }
@@ -239,6 +240,7 @@ static void profile_read(vk_ctx *c, duet_vulkan_profile_entry *out, int cap, int
         }
     if (totals) {
         totals->recordings = c->prof.recordings;
+        totals->barriers = c->prof.barriers;
         totals->span_us = c->prof.span_ns / 1e3;
     }
     pthread_mutex_unlock(&c->prof.lock);
@@ -273,11 +275,11 @@ void duet_vk_profile_report(vk_ctx *c)
     if (t.recordings == 0)
         return;
     fprintf(stderr,
-            "duet: Vulkan profile (DUET_VK_PROFILE=1) on %s: %llu recordings, GPU span "
-            "%.3f ms\n"
+            "duet: Vulkan profile (DUET_VK_PROFILE=1) on %s: %llu recordings, %llu "
+            "barriers, GPU span %.3f ms\n"
             "duet:   %-20s %10s %12s %8s %12s\n",
-            c->caps.name, (unsigned long long)t.recordings, t.span_us / 1e3, "kind", "commands",
-            "total ms", "share", "us/command");
+            c->caps.name, (unsigned long long)t.recordings, (unsigned long long)t.barriers,
+            t.span_us / 1e3, "kind", "commands", "total ms", "share", "us/command");
     for (int i = 0; i < n; i++)
         fprintf(stderr, "duet:   %-20s %10llu %12.3f %7.1f%% %12.2f\n", e[i].kind,
                 (unsigned long long)e[i].count, e[i].total_us / 1e3,

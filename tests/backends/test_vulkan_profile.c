@@ -142,12 +142,16 @@ static void test_counts_per_kind(void **state)
     assert_int_equal(count_of(&p, "add"), 3);
     assert_int_equal(count_of(&p, matmul), 2);
     assert_int_equal(p.t.recordings, 1);
+    /* RAW on b after the upload, then on a before each later add (plus the
+     * first command's barrier on the fence path) */
+    assert_int_equal(p.t.barriers, 3 + (((const vk_ctx *)d->ctx)->timeline ? 0 : 1));
     assert_sane(&p);
 
     duet_vulkan_profile_reset(d);
     p = read_profile(d);
     assert_int_equal(p.n, 0);
     assert_int_equal(p.t.recordings, 0);
+    assert_int_equal(p.t.barriers, 0);
     assert_true(p.t.span_us == 0);
     /* cap 0: only the number of kinds */
     record(d, 0, 2, 0);
