@@ -72,6 +72,7 @@ typedef struct fwd_opts {
     long context, steps, prefill, chunk, repeat, threads;
     duet_dtype kv_type;
     int json, profile;
+    int profile_keep; /* DUET_VK_PROFILE=1 had it on: leave it on after each profile */
     long profile_steps;
 } fwd_opts;
 
@@ -265,8 +266,9 @@ static duet_status profile_switch(duet_device *d, int on)
 #endif
 }
 
-/* The totals of `steps` steps into *p, then profiling off. */
-static duet_status profile_take(duet_device *d, int steps, double wall_s, fwd_profile *p)
+/* The totals of `steps` steps into *p, then profiling off unless keep_on. */
+static duet_status profile_take(duet_device *d, int steps, double wall_s, int keep_on,
+                                fwd_profile *p)
 {
     memset(p, 0, sizeof *p);
     p->steps = steps;
@@ -276,7 +278,7 @@ static duet_status profile_take(duet_device *d, int steps, double wall_s, fwd_pr
     duet_vulkan_profile_totals t;
     int n = 0;
     duet_status rc = duet_vulkan_profile_read(d, e, MAX_KINDS, &n, &t);
-    duet_status off = duet_vulkan_profile_enable(d, 0);
+    duet_status off = keep_on ? DUET_OK : duet_vulkan_profile_enable(d, 0);
     if (rc || (rc = off))
         return rc;
     for (int i = 0; i < n && i < MAX_KINDS; i++) {
@@ -291,8 +293,28 @@ static duet_status profile_take(duet_device *d, int steps, double wall_s, fwd_pr
     p->span_us = t.span_us;
     return DUET_OK;
 #else
-    (void)d;
+    (void)d, (void)keep_on;
     return duet_error(DUET_ERR_UNSUPPORTED, "--profile: this build of duet has no Vulkan backend");
+#endif
+}
+
+/* Whether profiling is already on (DUET_VK_PROFILE=1); -1 if d cannot
+ * profile (not Vulkan, no timestamps: the message is set). Enabling and
+ * disabling records nothing. */
+static int profile_probe(duet_device *d)
+{
+#ifdef DUET_HAVE_VULKAN
+    duet_vulkan_profile_totals t;
+    int n;
+    if (duet_vulkan_profile_read(d, NULL, 0, &n, &t))
+        return -1;
+    if (t.enabled)
+        return 1;
+    return duet_vulkan_profile_enable(d, 1) || duet_vulkan_profile_enable(d, 0) ? -1 : 0;
+#else
+    (void)d;
+    duet_error(DUET_ERR_UNSUPPORTED, "this build of duet has no Vulkan backend");
+    return -1;
 #endif
 }
 
@@ -372,7 +394,7 @@ static duet_status run_decode(duet_model *m, const fwd_opts *o, int batch, doubl
             wall += now_s() - t0;
     }
     if (!rc && profiled)
-        rc = profile_take(m->dev, (int)profiled, wall, prof);
+        rc = profile_take(m->dev, (int)profiled, wall, o->profile_keep, prof);
 out:
     duet_runner_free(r);
     free(meta);
@@ -425,7 +447,8 @@ static duet_status run_prefill(duet_model *m, const fwd_opts *o, double *secs,
         if (run >= 0 && run < o->repeat)
             secs[run] = now_s() - t0;
         else if (run == o->repeat && !rc)
-            rc = profile_take(m->dev, (n + chunk - 1) / chunk, now_s() - t0, prof);
+            rc = profile_take(m->dev, (n + chunk - 1) / chunk, now_s() - t0, o->profile_keep,
+                              prof);
     }
 out:
     duet_runner_free(r);
@@ -467,9 +490,10 @@ int cmd_bench_forward(int argc, char **argv)
         duet_device_info info;
         duet_dev_info(m->dev, &info);
         /* Fail now rather than after the timed steps: not Vulkan, or no
-         * timestamps (enabling and disabling records nothing). */
-        if (strcmp(info.backend, "vulkan") != 0 || profile_switch(m->dev, 1) ||
-            profile_switch(m->dev, 0)) {
+         * timestamps. */
+        int was_on = strcmp(info.backend, "vulkan") == 0 ? profile_probe(m->dev) : -1;
+        o.profile_keep = was_on == 1;
+        if (was_on < 0) {
             fprintf(stderr, "duet bench forward: --profile needs a Vulkan device with GPU "
                             "timestamps; --device '%s' is %s%s%s\n", o.device, info.name,
                     strcmp(info.backend, "vulkan") ? "" : ": ",

@@ -239,6 +239,7 @@ static void profile_read(vk_ctx *c, duet_vulkan_profile_entry *out, int cap, int
             k++;
         }
     if (totals) {
+        totals->enabled = atomic_load(&c->prof.on);
         totals->recordings = c->prof.recordings;
         totals->barriers = c->prof.barriers;
         totals->span_us = c->prof.span_ns / 1e3;

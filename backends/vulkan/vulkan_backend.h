@@ -77,6 +77,7 @@ typedef struct duet_vulkan_profile_entry {
 } duet_vulkan_profile_entry;
 
 typedef struct duet_vulkan_profile_totals {
+    int enabled;         /* profiling is on now (for recordings begun from now) */
     uint64_t recordings; /* profiled recordings completed */
     uint64_t barriers;   /* the hazard barriers recorded in them (docs/VULKAN.md) */
     double span_us;      /* summed first-to-last timestamp of each (GPU time) */

@@ -171,6 +171,7 @@ static void test_disabled_counts_nothing(void **state)
     profile p = read_profile(d);
     assert_int_equal(p.n, 0);
     assert_int_equal(p.t.recordings, 0);
+    assert_false(p.t.enabled);
 
     /* Enabled in the middle of a recording: that one is not profiled. */
     duet_stream *s = NULL;
@@ -184,6 +185,7 @@ static void test_disabled_counts_nothing(void **state)
     assert_int_equal(duet_dev_stream_wait(d, s), DUET_OK);
     p = read_profile(d);
     assert_int_equal(p.n, 0);
+    assert_true(p.t.enabled);
     /* The next one is; disabled while it records, it still counts. */
     assert_int_equal(duet_dev_stream_begin(d, s), DUET_OK);
     assert_int_equal(duet_dev_add(d, s, &ab), DUET_OK);
@@ -222,6 +224,7 @@ static void test_long_recording_from_env(void **state)
     unsetenv("DUET_VK_PROFILE");
     record(d, 0, ADDS, 0);
     profile p = read_profile(d);
+    assert_true(p.t.enabled);
     assert_int_equal(p.n, 1);
     assert_int_equal(count_of(&p, "add"), ADDS);
     assert_int_equal(p.t.recordings, 1);
