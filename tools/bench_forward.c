@@ -12,6 +12,11 @@
  * take longer than the benchmark); attention reads it all the same, and the
  * values do not change the work. Reaches into duet_internal.h for the
  * model's device and weights (the runner is not public API).
+ *
+ * --profile (Vulkan): after each configuration's timed steps, more steps
+ * with GPU timestamps on (vulkan_backend.h), so the timed numbers are not
+ * perturbed by them: the GPU time per step by shader, and the span of the
+ * step's recording against its wall time.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -23,8 +28,11 @@
 #include "duet_internal.h"
 #include "engine_args.h"
 #include "error.h"
+#ifdef DUET_HAVE_VULKAN
+#include "vulkan_backend.h"
+#endif
 
-enum { MAX_BATCHES = 16, BLOCK = 16 };
+enum { MAX_BATCHES = 16, BLOCK = 16, MAX_KINDS = 64 };
 
 static const char *help =
     "usage: duet bench forward [options]\n"
@@ -51,6 +59,13 @@ static const char *help =
     "      --kv-type T      f32 (the engine's, default) or f16\n"
     "      --threads N      CPU threads (default: all cores)\n"
     "      --json           one JSON object on stdout instead of a table\n"
+    "      --profile        Vulkan: after each configuration's timed steps, run more\n"
+    "                       with GPU timestamps on and show each shader's dispatches\n"
+    "                       and GPU time per step, its share of the GPU span, and\n"
+    "                       the span against the wall time per step (the prefill:\n"
+    "                       one more whole prompt, per chunk). Approximate where\n"
+    "                       commands overlap (no barrier between them)\n"
+    "      --profile-steps N  decode steps profiled per batch size (default 4)\n"
     "  -h, --help           this help\n";
 
 typedef struct fwd_opts {
@@ -60,8 +75,23 @@ typedef struct fwd_opts {
     int batch[MAX_BATCHES], n_batch;
     long context, steps, prefill, chunk, repeat, threads;
     duet_dtype kv_type;
-    int json;
+    int json, profile;
+    int profile_keep; /* DUET_VK_PROFILE=1 had it on: leave it on after each profile */
+    long profile_steps;
 } fwd_opts;
+
+/* GPU time of the profiled steps of one configuration, by kind (a shader's
+ * name, "upload", "download"), largest first. */
+typedef struct fwd_kind {
+    char kind[32];
+    double count, us; /* dispatches and microseconds, summed over the steps */
+} fwd_kind;
+
+typedef struct fwd_profile {
+    fwd_kind k[MAX_KINDS];
+    int n, steps;
+    double recordings, barriers, span_us, wall_s;
+} fwd_profile;
 
 static double now_s(void)
 {
@@ -134,7 +164,7 @@ static int parse_batches(const char *s, fwd_opts *o)
 static int parse(int argc, char **argv, fwd_opts *o)
 {
     enum { O_DEVICE = 256, O_BATCH, O_CONTEXT, O_STEPS, O_PREFILL, O_CHUNK, O_REPEAT, O_KV,
-           O_THREADS, O_JSON };
+           O_THREADS, O_JSON, O_PROFILE, O_PROFILE_STEPS };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},     {"device", required_argument, 0, O_DEVICE},
         {"batch", required_argument, 0, O_BATCH}, {"context", required_argument, 0, O_CONTEXT},
@@ -142,6 +172,8 @@ static int parse(int argc, char **argv, fwd_opts *o)
         {"chunk", required_argument, 0, O_CHUNK}, {"repeat", required_argument, 0, O_REPEAT},
         {"kv-type", required_argument, 0, O_KV},  {"threads", required_argument, 0, O_THREADS},
         {"json", no_argument, 0, O_JSON},         {"help", no_argument, 0, 'h'},
+        {"profile", no_argument, 0, O_PROFILE},
+        {"profile-steps", required_argument, 0, O_PROFILE_STEPS},
         {0, 0, 0, 0},
     };
     struct option all[32];
@@ -157,6 +189,7 @@ static int parse(int argc, char **argv, fwd_opts *o)
     o->batch[0] = 1, o->batch[1] = 8, o->batch[2] = 64, o->n_batch = 3;
     o->context = 512, o->steps = 16, o->prefill = 2048, o->chunk = 512, o->repeat = 3;
     o->kv_type = DUET_F32;
+    o->profile_steps = 4;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "m:h", all, NULL)) != -1) {
@@ -204,6 +237,11 @@ static int parse(int argc, char **argv, fwd_opts *o)
                 return -1;
             break;
         case O_JSON: o->json = 1; break;
+        case O_PROFILE: o->profile = 1; break;
+        case O_PROFILE_STEPS:
+            if (cli_parse_int(cmd, "--profile-steps", optarg, 1, 4096, &o->profile_steps))
+                return -1;
+            break;
         case 'h':
             fputs(help, stdout);
             fputs(model_arg_help, stdout);
@@ -216,13 +254,115 @@ static int parse(int argc, char **argv, fwd_opts *o)
     return 0;
 }
 
+/* ---- --profile: GPU timestamps around extra steps (Vulkan) ------------------- */
+
+/* Profiling on and the totals cleared (on = 1), or off. */
+static duet_status profile_switch(duet_device *d, int on)
+{
+#ifdef DUET_HAVE_VULKAN
+    duet_status rc = duet_vulkan_profile_enable(d, on);
+    if (!rc && on)
+        duet_vulkan_profile_reset(d);
+    return rc;
+#else
+    (void)d, (void)on;
+    return duet_error(DUET_ERR_UNSUPPORTED, "--profile: this build of duet has no Vulkan backend");
+#endif
+}
+
+/* The totals of `steps` steps into *p, then profiling off unless keep_on. */
+static duet_status profile_take(duet_device *d, int steps, double wall_s, int keep_on,
+                                fwd_profile *p)
+{
+    memset(p, 0, sizeof *p);
+    p->steps = steps;
+    p->wall_s = wall_s;
+#ifdef DUET_HAVE_VULKAN
+    duet_vulkan_profile_entry e[MAX_KINDS];
+    duet_vulkan_profile_totals t;
+    int n = 0;
+    duet_status rc = duet_vulkan_profile_read(d, e, MAX_KINDS, &n, &t);
+    duet_status off = keep_on ? DUET_OK : duet_vulkan_profile_enable(d, 0);
+    if (rc || (rc = off))
+        return rc;
+    for (int i = 0; i < n && i < MAX_KINDS; i++) {
+        _Static_assert(sizeof p->k[i].kind == sizeof e[i].kind, "kind names");
+        memcpy(p->k[i].kind, e[i].kind, sizeof e[i].kind);
+        p->k[i].count = (double)e[i].count;
+        p->k[i].us = e[i].total_us;
+    }
+    p->n = n < MAX_KINDS ? n : MAX_KINDS;
+    p->recordings = (double)t.recordings;
+    p->barriers = (double)t.barriers;
+    p->span_us = t.span_us;
+    return DUET_OK;
+#else
+    (void)d, (void)keep_on;
+    return duet_error(DUET_ERR_UNSUPPORTED, "--profile: this build of duet has no Vulkan backend");
+#endif
+}
+
+/* Whether profiling is already on (DUET_VK_PROFILE=1); -1 if d cannot
+ * profile (not Vulkan, no timestamps: the message is set). Enabling and
+ * disabling records nothing. */
+static int profile_probe(duet_device *d)
+{
+#ifdef DUET_HAVE_VULKAN
+    duet_vulkan_profile_totals t;
+    int n;
+    if (duet_vulkan_profile_read(d, NULL, 0, &n, &t))
+        return -1;
+    if (t.enabled)
+        return 1;
+    return duet_vulkan_profile_enable(d, 1) || duet_vulkan_profile_enable(d, 0) ? -1 : 0;
+#else
+    (void)d;
+    duet_error(DUET_ERR_UNSUPPORTED, "this build of duet has no Vulkan backend");
+    return -1;
+#endif
+}
+
+static void profile_print(const char *what, const fwd_profile *p, int json)
+{
+    double steps = p->steps, span = p->span_us / steps, wall = p->wall_s * 1e6 / steps;
+    if (json) {
+        printf(", \"profile\": {\"steps\": %d, \"recordings\": %.0f, \"barriers_per_step\": %.1f, "
+               "\"span_us_per_step\": %.1f, \"wall_us_per_step\": %.1f, \"kinds\": [",
+               p->steps, p->recordings, p->barriers / steps, span, wall);
+        for (int i = 0; i < p->n; i++)
+            printf("%s{\"kind\": \"%s\", \"per_step\": %.2f, \"us_per_step\": %.2f, "
+                   "\"share\": %.4f}",
+                   i ? ", " : "", p->k[i].kind, p->k[i].count / steps, p->k[i].us / steps,
+                   p->span_us > 0 ? p->k[i].us / p->span_us : 0.0);
+        printf("]}");
+        return;
+    }
+    printf("  profile of %s, %d steps: GPU span %.1f us/step, wall %.1f us/step (GPU busy "
+           "%.0f%%), %.1f barriers/step\n"
+           "  %-22s %12s %12s %8s\n",
+           what, p->steps, span, wall, wall > 0 ? 100.0 * span / wall : 0.0,
+           p->barriers / steps, "kind",
+           "cmds/step", "us/step", "share");
+    for (int i = 0; i < p->n; i++)
+        printf("  %-22s %12.1f %12.1f %7.1f%%\n", p->k[i].kind, p->k[i].count / steps,
+               p->k[i].us / steps, p->span_us > 0 ? 100.0 * p->k[i].us / p->span_us : 0.0);
+}
+
+/* Random token ids for a decode step (the work does not depend on them). */
+static void new_tokens(int32_t *tok, int batch, int vocab, unsigned *seed)
+{
+    for (int s = 0; s < batch; s++)
+        tok[s] = (int32_t)(rand_r(seed) % (unsigned)vocab);
+}
+
 /* Decode steps of `batch` sequences, each at position `context`; step
  * seconds into secs[steps], each step recorded, submitted and waited for
  * alone. Then as many steps again with up to two in flight (the engine's
  * async scheduling: the host records step i + 1 while the device runs step
- * i): their mean into *pipelined. */
+ * i): their mean into *pipelined. With o->profile, o->profile_steps more,
+ * one at a time, into *prof. */
 static duet_status run_decode(duet_model *m, const fwd_opts *o, int batch, double *secs,
-                              double *pipelined)
+                              double *pipelined, fwd_profile *prof)
 {
     int bps = (int)((o->context + 1 + BLOCK - 1) / BLOCK), V = m->config.vocab;
     duet_runner_options ro = {
@@ -247,14 +387,16 @@ static duet_status run_decode(duet_model *m, const fwd_opts *o, int batch, doubl
         rows[s] = qsl[s] = s;
     }
     qsl[batch] = batch;
+    duet_batch b = {.n_tokens = batch, .n_seqs = batch, .tokens = tok, .positions = pos,
+                    .slot_mapping = slot, .query_start_loc = qsl, .seq_lens = len,
+                    .block_tables = tables, .logit_rows = rows, .n_logit_rows = batch};
     if ((rc = duet_runner_create(m->dev, &m->config, &m->weights, &ro, &r)))
         goto out;
+    /* 2 untimed steps, then the timed ones, one at a time. */
+    long profiled = o->profile ? o->profile_steps : 0;
+    double wall = 0;
     for (long i = -2; i < o->steps && rc == DUET_OK; i++) {
-        for (int s = 0; s < batch; s++)
-            tok[s] = (int32_t)(rand_r(&seed) % (unsigned)V);
-        duet_batch b = {.n_tokens = batch, .n_seqs = batch, .tokens = tok, .positions = pos,
-                        .slot_mapping = slot, .query_start_loc = qsl, .seq_lens = len,
-                        .block_tables = tables, .logit_rows = rows, .n_logit_rows = batch};
+        new_tokens(tok, batch, V, &seed);
         double t0 = now_s();
         rc = duet_model_forward(r, &b, NULL, NULL);
         if (i >= 0)
@@ -263,11 +405,7 @@ static duet_status run_decode(duet_model *m, const fwd_opts *o, int batch, doubl
     double t0 = now_s();
     int in_flight = 0;
     for (long i = 0; i < o->steps && rc == DUET_OK; i++) {
-        for (int s = 0; s < batch; s++)
-            tok[s] = (int32_t)(rand_r(&seed) % (unsigned)V);
-        duet_batch b = {.n_tokens = batch, .n_seqs = batch, .tokens = tok, .positions = pos,
-                        .slot_mapping = slot, .query_start_loc = qsl, .seq_lens = len,
-                        .block_tables = tables, .logit_rows = rows, .n_logit_rows = batch};
+        new_tokens(tok, batch, V, &seed);
         if (in_flight == 2 && (rc = duet_model_forward_wait(r)))
             break;
         in_flight -= in_flight == 2;
@@ -281,14 +419,27 @@ static duet_status run_decode(duet_model *m, const fwd_opts *o, int batch, doubl
             rc = w;
     }
     *pipelined = (now_s() - t0) / (double)o->steps;
+    /* The profiled steps, last, so that profiling perturbs no timed step. */
+    for (long i = o->steps; i < o->steps + profiled && rc == DUET_OK; i++) {
+        new_tokens(tok, batch, V, &seed);
+        if (i == o->steps && (rc = profile_switch(m->dev, 1)))
+            break;
+        double t1 = now_s();
+        rc = duet_model_forward(r, &b, NULL, NULL);
+        wall += now_s() - t1;
+    }
+    if (!rc && profiled)
+        rc = profile_take(m->dev, (int)profiled, wall, o->profile_keep, prof);
 out:
     duet_runner_free(r);
     free(meta);
     return rc;
 }
 
-/* One prompt of o->prefill tokens in chunks; seconds per run into secs. */
-static duet_status run_prefill(duet_model *m, const fwd_opts *o, double *secs)
+/* One prompt of o->prefill tokens in chunks; seconds per run into secs;
+ * with o->profile, one more run into *prof (a step = a chunk). */
+static duet_status run_prefill(duet_model *m, const fwd_opts *o, double *secs,
+                               fwd_profile *prof)
 {
     int n = (int)o->prefill, chunk = (int)o->chunk, bps = (n + BLOCK - 1) / BLOCK;
     duet_runner_options ro = {
@@ -314,7 +465,10 @@ static duet_status run_prefill(duet_model *m, const fwd_opts *o, double *secs)
     }
     if ((rc = duet_runner_create(m->dev, &m->config, &m->weights, &ro, &r)))
         goto out;
-    for (long run = -1; run < o->repeat && rc == DUET_OK; run++) {
+    long runs = o->repeat + (o->profile ? 1 : 0);
+    for (long run = -1; run < runs && rc == DUET_OK; run++) {
+        if (run == o->repeat && (rc = profile_switch(m->dev, 1)))
+            break;
         double t0 = now_s();
         for (int at = 0; at < n && rc == DUET_OK; at += chunk) {
             int len = n - at < chunk ? n - at : chunk, last = at + len == n;
@@ -325,8 +479,11 @@ static duet_status run_prefill(duet_model *m, const fwd_opts *o, double *secs)
                             .logit_rows = &row, .n_logit_rows = last};
             rc = duet_model_forward(r, &b, NULL, NULL);
         }
-        if (run >= 0)
+        if (run >= 0 && run < o->repeat)
             secs[run] = now_s() - t0;
+        else if (run == o->repeat && !rc)
+            rc = profile_take(m->dev, (n + chunk - 1) / chunk, now_s() - t0, o->profile_keep,
+                              prof);
     }
 out:
     duet_runner_free(r);
@@ -342,6 +499,7 @@ int cmd_bench_forward(int argc, char **argv)
     if (p)
         return p > 0 ? 0 : 2;
     duet_model *m = NULL;
+    fwd_profile *prof = NULL;
     double *secs = calloc((size_t)(o.steps > o.repeat ? o.steps : o.repeat), sizeof *secs);
     int ret = 1, in_array = 0;
     duet_model_options mo = o.source;
@@ -349,12 +507,36 @@ int cmd_bench_forward(int argc, char **argv)
     mo.n_threads = (int)o.threads;
     if (!secs)
         goto out;
+    if (o.profile && strncmp(o.device, "vulkan", 6) != 0 && strcmp(o.device, "auto") != 0) {
+        fprintf(stderr, "duet bench forward: --profile needs a Vulkan device (GPU timestamps); "
+                        "--device '%s' is not one\n", o.device);
+        ret = 2;
+        goto out;
+    }
+    if (o.profile && !(prof = malloc(sizeof *prof)))
+        goto out;
     double t_load = now_s();
     if (duet_model_load(o.model, &mo, &m)) {
         fprintf(stderr, "duet bench forward: %s\n", duet_last_error());
         goto out;
     }
     t_load = now_s() - t_load;
+    if (o.profile) {
+        duet_device_info info;
+        duet_dev_info(m->dev, &info);
+        /* Fail now rather than after the timed steps: not Vulkan, or no
+         * timestamps. */
+        int was_on = strcmp(info.backend, "vulkan") == 0 ? profile_probe(m->dev) : -1;
+        o.profile_keep = was_on == 1;
+        if (was_on < 0) {
+            fprintf(stderr, "duet bench forward: --profile needs a Vulkan device with GPU "
+                            "timestamps; --device '%s' is %s%s%s\n", o.device, info.name,
+                    strcmp(info.backend, "vulkan") ? "" : ": ",
+                    strcmp(info.backend, "vulkan") ? "" : duet_last_error());
+            ret = 2;
+            goto out;
+        }
+    }
     uint64_t kv_tok = duet_kv_bytes_per_token(&m->config, o.kv_type);
     if (o.json)
         printf("{\"model\": \"%s\", \"device\": \"%s\", \"load_seconds\": %.2f, "
@@ -372,7 +554,7 @@ int cmd_bench_forward(int argc, char **argv)
     for (int i = 0; i < o.n_batch; i++) {
         int B = o.batch[i];
         double piped = 0;
-        if (run_decode(m, &o, B, secs, &piped)) {
+        if (run_decode(m, &o, B, secs, &piped, prof)) {
             fprintf(stderr, "duet bench forward: decode at batch %d: %s\n", B, duet_last_error());
             goto out_json;
         }
@@ -387,11 +569,19 @@ int cmd_bench_forward(int argc, char **argv)
                    piped * 1e3, B / piped, bytes / piped / 1e9);
             for (long s = 0; s < o.steps; s++)
                 printf(s ? ", %.3f" : "%.3f", secs[s] * 1e3);
-            printf("]}");
+            printf("]");
+            if (o.profile)
+                profile_print(NULL, prof, 1);
+            printf("}");
         } else {
             printf("%-8s %6d %10.2f %10.1f %12.1f %10.1f %12.2f %10.1f\n", "decode", B,
                    step * 1e3, B / step, bytes / 1e6, bytes / step / 1e9, piped * 1e3,
                    bytes / piped / 1e9);
+            if (o.profile) {
+                char what[64];
+                snprintf(what, sizeof what, "decode batch %d", B);
+                profile_print(what, prof, 0);
+            }
         }
         fflush(stdout);
     }
@@ -399,7 +589,7 @@ int cmd_bench_forward(int argc, char **argv)
         printf("]");
     in_array = 0;
     if (o.prefill > 0) {
-        if (run_prefill(m, &o, secs)) {
+        if (run_prefill(m, &o, secs, prof)) {
             fprintf(stderr, "duet bench forward: prefill: %s\n", duet_last_error());
             goto out_json;
         }
@@ -409,10 +599,15 @@ int cmd_bench_forward(int argc, char **argv)
                    "\"tok_s\": %.2f, \"seconds\": [", o.prefill, o.chunk, t, o.prefill / t);
             for (long s = 0; s < o.repeat; s++)
                 printf(s ? ", %.4f" : "%.4f", secs[s]);
-            printf("]}");
+            printf("]");
+            if (o.profile)
+                profile_print(NULL, prof, 1);
+            printf("}");
         } else {
             printf("%-8s %6d %10.2f %10.1f   (%ld tokens in chunks of %ld)\n", "prefill", 1,
                    t * 1e3, o.prefill / t, o.prefill, o.chunk);
+            if (o.profile)
+                profile_print("the prefill (a step = a chunk)", prof, 0);
         }
     }
     ret = 0;
@@ -421,6 +616,7 @@ out_json:
         printf("%s, \"ok\": %s}\n", in_array ? "]" : "", ret ? "false" : "true");
 out:
     duet_model_free(m);
+    free(prof);
     free(secs);
     return ret;
 }

@@ -8,16 +8,19 @@
 #                                           seeded sampling)
 #   4. duet bench forward on a Llama-3.1-8B-shaped dummy model (BF16): decode
 #      at batch 1, 8, 64 and a 2,048-token prefill; tok/s and achieved
-#      bandwidth = bytes a step must read / step time, against step 2; then
-#      batch-1 decode again through the tiled matmul, for comparison
+#      bandwidth = bytes a step must read / step time, against step 2; GPU
+#      time per shader (--profile, after the timed steps); then batch-1
+#      decode again through the tiled matmul, for comparison
 #   5. the same model quantized to Q4_0: decode at batch 1 and 8 (the
-#      quantized matmul_qvec where the device has subgroup arithmetic)
+#      quantized matmul_qvec where the device has subgroup arithmetic),
+#      profiled too
 #   6. the BF16 decode of step 4 at batch 1, 8, 64 again with one weight row
 #      per decode-matmul workgroup (DUET_VK_VEC_ROWS=1; the default is 4)
 #   7. conform on a SmolLM2-135M-shaped dummy (Q4_1), if time is left
 #   8. Q4_0 batch-1 decode through the tiled matmul, if time is left
 # Every step has a timeout; a failed step is reported and the rest still
-# run. A table comes last; JSON and logs go to $DUET_RESULTS (default
+# run. A table comes last, then where batch-1 decode spends its GPU time
+# (BF16 and Q4_0); JSON and logs go to $DUET_RESULTS (default
 # ./gpu-check-results): one file per step and summary.json.
 #
 # Usage:
@@ -41,7 +44,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --duet) duet="${2:?--duet needs a path}"; shift ;;
     --bundle) bundle_dir="${2:?--bundle needs a folder}"; shift ;;
-    -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -173,15 +176,16 @@ run bandwidth 30 bandwidth.json "$duet" bench bandwidth --device vulkan --json "
 run conform-ops 75 - "$duet" conform --backends cpu,vulkan --json "$results/conform-ops.json"
 run conform-model 40 - "$duet" conform --backends cpu,vulkan --ops model --model-config "$tiny" \
   --dummy-dtype f16 --dummy-seed 1 --json "$results/conform-model.json" "${model_args[@]}"
-run forward 170 forward.json "$duet" bench forward --device vulkan --json "${fwd_model[@]}" "${fwd_args[@]}"
+run forward 170 forward.json "$duet" bench forward --device vulkan --json --profile "${fwd_model[@]}" \
+  "${fwd_args[@]}"
 # The same batch-1 decode through the tiled matmul (the default for 16-bit
 # weights is matmul_vec where the device has subgroup arithmetic).
 run forward-tiled 60 forward-tiled.json env DUET_VK_MATMUL=tiled "$duet" bench forward \
   --device vulkan --json "${fwd_model[@]}" "${fwd_args[@]}" --batch 1 --prefill 0
 # Quantized decode: the one pass over Q4_0 weights per step (matmul_qvec
 # where the device has subgroup arithmetic).
-run forward-q4 60 forward-q4.json "$duet" bench forward --device vulkan --json "${fwdq_model[@]}" \
-  "${fwdq_args[@]}"
+run forward-q4 60 forward-q4.json "$duet" bench forward --device vulkan --json --profile \
+  "${fwdq_model[@]}" "${fwdq_args[@]}"
 # The BF16 decode with one weight row per matmul_vec workgroup (the default
 # takes 4 and reads each activation run once for all of them).
 run forward-rows1 60 forward-rows1.json env DUET_VK_VEC_ROWS=1 "$duet" bench forward \
@@ -262,14 +266,24 @@ for name, label in (("conform-ops", "conform ops"), ("conform-model", "conform m
         text += " [" + ", ".join("%s %s" % (r["op"][6:], r["status"]) for r in model) + "]"
     rows.append((label, "FAIL" if s["fail"] else status(name), text))
 
+def decode_text(d):
+    """A decode row: one step at a time (median), then two in flight (mean),
+    each as a share of the copy bandwidth; the shares go into the JSON."""
+    pct = lambda g: " = %.0f%% of copy" % (100 * g / copy) if copy else ""
+    d["fraction_of_copy"] = d["gbps"] / copy if copy else None
+    text = "%.2f ms/step, %.1f tok/s, %.1f GB/s%s" % (d["step_ms_median"], d["tok_s"], d["gbps"],
+                                                      pct(d["gbps"]))
+    if "pipelined_gbps" in d:
+        d["pipelined_fraction_of_copy"] = d["pipelined_gbps"] / copy if copy else None
+        text += "; 2 in flight %.2f ms/step, %.1f GB/s%s" % (
+            d["pipelined_step_ms"], d["pipelined_gbps"], pct(d["pipelined_gbps"]))
+    return text
+
 fw = load("forward.json")
 summary["forward"] = fw
 if fw:
     for d in fw.get("decode", []):
-        pct = " = %.0f%% of copy" % (100 * d["gbps"] / copy) if copy else ""
-        rows.append(("decode batch %d" % d["batch"], status("forward"),
-                     "%.2f ms/step, %.1f tok/s, %.1f GB/s%s" % (d["step_ms_median"], d["tok_s"], d["gbps"], pct)))
-        d["fraction_of_copy"] = d["gbps"] / copy if copy else None
+        rows.append(("decode batch %d" % d["batch"], status("forward"), decode_text(d)))
     p = fw.get("prefill")
     if p:
         rows.append(("prefill %d" % p["tokens"], status("forward"),
@@ -283,10 +297,7 @@ for step, key, label in (("forward-tiled", "forward_tiled", "decode %d, tiled mm
     ft = load(step + ".json")
     summary[key] = ft
     for d in (ft or {}).get("decode", []):
-        pct = " = %.0f%% of copy" % (100 * d["gbps"] / copy) if copy else ""
-        rows.append((label % d["batch"], status(step),
-                     "%.2f ms/step, %.1f tok/s, %.1f GB/s%s" % (d["step_ms_median"], d["tok_s"], d["gbps"], pct)))
-        d["fraction_of_copy"] = d["gbps"] / copy if copy else None
+        rows.append((label % d["batch"], status(step), decode_text(d)))
     if step in st and not ft:
         rows.append((label.replace(" %d", ""), status(step),
                      "not run: the time budget was spent" if status(step) == "SKIPPED" else
@@ -307,6 +318,31 @@ print("%-22s %-8s %s" % ("check", "status", "result"))
 for what, s, text in rows:
     print("%-22s %-8s %s" % (what, s, text))
 print("%-22s %-8s %s" % ("steps", "", ", ".join("%s %s %.0fs" % (x["step"], x["status"], x["seconds"]) for x in steps)))
+
+# Where batch-1 decode spends its GPU time (bench forward --profile: GPU
+# timestamps after each command, in extra steps after the timed ones).
+for label, doc in (("bf16", fw), ("q4_0", summary.get("forward_q4"))):
+    d1 = [d for d in (doc or {}).get("decode", []) if d["batch"] == 1 and d.get("profile")]
+    if not d1:
+        print("profile, decode batch 1 (%s): none (see the step's log)" % label)
+        continue
+    p = d1[0]["profile"]
+    kinds = p["kinds"]
+    busy = " (%.0f%% of the wall)" % (100 * p["span_us_per_step"] / p["wall_us_per_step"]) \
+        if p["wall_us_per_step"] > 0 else ""
+    print("profile, decode batch 1 (%s): GPU %.1f us/step, wall %.1f us/step%s; %d commands, "
+          "%d barriers per step" %
+          (label, p["span_us_per_step"], p["wall_us_per_step"], busy,
+           round(sum(k["per_step"] for k in kinds)), round(p.get("barriers_per_step", 0))))
+    for k in kinds[:6]:
+        print("  %-22s %10.1f us/step %6.1f%%  (%g per step)" %
+              (k["kind"], k["us_per_step"], 100 * k["share"], k["per_step"]))
+    rest = sum(k["share"] for k in kinds[6:])
+    if rest > 0:
+        print("  %-22s %10.1f us/step %6.1f%%" % ("(the other %d kinds)" % (len(kinds) - 6),
+              sum(k["us_per_step"] for k in kinds[6:]), 100 * rest))
+print("  (a command's GPU time: its timestamp minus the previous one's; approximate where "
+      "commands overlap, exact across barriers)")
 print("JSON: %s/summary.json" % res)
 bad = any(x["status"] != "OK" for x in steps) or any(s == "FAIL" for _, s, _ in rows)
 sys.exit(1 if bad else 0)

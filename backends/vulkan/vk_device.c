@@ -179,6 +179,7 @@ static void probe(const duet_vk_instance_fns *fi, VkPhysicalDevice pd, vk_caps *
     c->max_storage_per_stage = p.limits.maxPerStageDescriptorStorageBuffers;
     for (int i = 0; i < 3; i++)
         c->max_groups[i] = p.limits.maxComputeWorkGroupCount[i];
+    c->timestamp_period = p.limits.timestampPeriod;
 
     uint32_t nq = 0;
     fi->vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, NULL);
@@ -189,6 +190,7 @@ static void probe(const duet_vk_instance_fns *fi, VkPhysicalDevice pd, vk_caps *
         for (uint32_t i = 0; i < nq && !have_queue; i++)
             if (q[i].queueFlags & VK_QUEUE_COMPUTE_BIT) {
                 c->queue_family = i;
+                c->timestamp_bits = q[i].timestampValidBits; /* profiling */
                 have_queue = 1;
             }
         free(q);
@@ -416,6 +418,7 @@ static void vk_destroy(void *ctx)
         return;
     if (c->dev) {
         c->fd.vkDeviceWaitIdle(c->dev);
+        duet_vk_profile_report(c); /* DUET_VK_PROFILE=1: the totals */
         duet_vk_stream_destroy(c, c->sync);
         duet_vk_buffer_free(c, c->dummy);
         duet_vk_buffer_free(c, c->attn_scratch);
@@ -440,6 +443,7 @@ static void vk_destroy(void *ctx)
     pthread_mutex_destroy(&c->pipe_lock);
     pthread_mutex_destroy(&c->sync_lock);
     pthread_mutex_destroy(&c->attn_lock);
+    pthread_mutex_destroy(&c->prof.lock);
     free(c->attn_retired);
     free(c);
 }
@@ -657,6 +661,8 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
     pthread_mutex_init(&c->pipe_lock, NULL);
     pthread_mutex_init(&c->sync_lock, NULL);
     pthread_mutex_init(&c->attn_lock, NULL);
+    pthread_mutex_init(&c->prof.lock, NULL);
+    atomic_init(&c->prof.on, 0);
     atomic_init(&c->validation_errors, 0);
     atomic_init(&c->lost, 0);
     atomic_init(&c->n_submits, 0);
@@ -698,7 +704,8 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
     c->caps = caps[index];
     /* Faults count from here: device creation itself never fails by them. */
     if ((rc = vec_rows_parse(getenv("DUET_VK_VEC_ROWS"), &c->vec_rows_log2)) ||
-        (rc = device_open(c)) || (rc = fault_parse(getenv("DUET_VK_FAULT"), &c->fault)))
+        (rc = device_open(c)) || (rc = fault_parse(getenv("DUET_VK_FAULT"), &c->fault)) ||
+        (rc = duet_vk_profile_init(c, getenv("DUET_VK_PROFILE"))))
         goto out_destroy;
     duet_device *dev = calloc(1, sizeof *dev);
     if (!dev) {

@@ -36,6 +36,8 @@ enum {
     VK_PUSH_BYTES = 128,     /* the push-constant size every device has */
     VK_SETS_PER_POOL = 256,  /* descriptor sets per stream pool */
     VK_STAGING_BLOCK = 16 << 20,
+    VK_PROF_POOL = 256,      /* timestamps in a stream's first query pool (doubling) */
+    VK_PROF_MAX_POOLS = 16,
 };
 
 /* Shaders, one per .comp file (names in vk_pipeline.c). */
@@ -58,6 +60,9 @@ typedef enum vk_shader {
     VK_SH_ATTENTION_COMBINE,
     VK_SH_COUNT
 } vk_shader;
+/* Profile kinds (vk_profile.c): a dispatch's kind is its shader; then the
+ * stream's transfer commands. */
+enum { VK_PROF_UPLOAD = VK_SH_COUNT, VK_PROF_DOWNLOAD, VK_PROF_KINDS };
 /* Pipeline variants per shader: spec % 32 is a type (constant 0), spec / 32
  * a kernel variant (constant 1; the matmuls: bit 0 per-output, bit 1
  * gated, bits 2-3 log2 of the weight rows per workgroup of matmul_vec /
@@ -89,6 +94,8 @@ typedef struct vk_caps {
                                      shared-memory reductions, 2 split-K with subgroup
                                      reductions (docs/VULKAN.md) */
     int timeline;                 /* timelineSemaphore (Vulkan 1.2 feature) reported */
+    uint32_t timestamp_bits;      /* the compute family's timestampValidBits (0: none) */
+    float timestamp_period;       /* limits.timestampPeriod: ns per tick */
     uint32_t queue_family;        /* first family with compute */
     int usable;                   /* Vulkan >= 1.2 and a compute queue */
 } vk_caps;
@@ -152,6 +159,15 @@ struct duet_stream {
     int n_staging, cap_staging;
     vk_download *downloads;
     int n_downloads, cap_downloads;
+    /* GPU timestamps while profiling (vk_profile.c): pool i holds
+     * VK_PROF_POOL << i queries, created on first use; stamp j follows the
+     * command of kind kinds[j] (stamp 0: the recording's start). */
+    struct {
+        int on;                   /* this recording writes timestamps */
+        VkQueryPool pools[VK_PROF_MAX_POOLS];
+        uint8_t *kinds;
+        int n_stamps, cap_stamps;
+    } prof;
 };
 
 /* Test-only faults (DUET_VK_FAULT, read at device creation; docs/VULKAN.md). */
@@ -231,6 +247,20 @@ typedef struct vk_ctx {
     int n_attn_retired;
     duet_stream *sync;          /* for buffer_write/read through staging */
     pthread_mutex_t sync_lock;
+    /* GPU timestamp profile (vk_profile.c): totals per kind since the last
+     * reset, under lock. */
+    struct {
+        atomic_int on;          /* recordings begun from now on write timestamps */
+        int env;                /* DUET_VK_PROFILE=1: print the totals at destroy */
+        PFN_vkCreateQueryPool vkCreateQueryPool;
+        PFN_vkDestroyQueryPool vkDestroyQueryPool;
+        PFN_vkCmdResetQueryPool vkCmdResetQueryPool;
+        PFN_vkCmdWriteTimestamp vkCmdWriteTimestamp;
+        PFN_vkGetQueryPoolResults vkGetQueryPoolResults;
+        pthread_mutex_t lock;
+        uint64_t count[VK_PROF_KINDS], recordings, barriers;
+        double ns[VK_PROF_KINDS], span_ns;
+    } prof;
 } vk_ctx;
 
 /* A bound range: what one descriptor points at. */
@@ -297,7 +327,23 @@ duet_status duet_vk_dispatch(vk_ctx *c, duet_stream *s, vk_shader sh, uint32_t s
                              const vk_binding *b, int nb, const void *pc, uint32_t pc_size,
                              uint32_t gx, uint32_t gy, uint32_t gz);
 
+/* vk_profile.c: DUET_VK_PROFILE (NULL, "0" or "1") and the entry points,
+ * at device creation (DUET_ERR_INVALID_ARG for another value,
+ * DUET_ERR_UNSUPPORTED for "1" without timestamps); at destroy, the totals
+ * table on stderr when DUET_VK_PROFILE=1 and anything was profiled. The
+ * stream's part: begin starts (or not) a profiled recording, a stamp
+ * follows each command, and a completed submission adds its stamps to the
+ * totals (wait). duet_vk_profile_stream_free frees a stream's pools. */
+duet_status duet_vk_profile_init(vk_ctx *c, const char *env);
+void duet_vk_profile_report(vk_ctx *c);
+duet_status duet_vk_profile_begin(vk_ctx *c, duet_stream *s);
+duet_status duet_vk_profile_stamp(vk_ctx *c, duet_stream *s, int kind);
+duet_status duet_vk_profile_collect(vk_ctx *c, duet_stream *s);
+void duet_vk_profile_stream_free(vk_ctx *c, duet_stream *s);
+
 /* vk_pipeline.c */
+/* "add", "matmul_vec", ...: the shader's file name. */
+const char *duet_vk_shader_name(vk_shader sh);
 duet_status duet_vk_pipelines_init(vk_ctx *c);
 void duet_vk_pipelines_free(vk_ctx *c);
 /* The pipeline, created on first use; also fills binds_used/written[sh].

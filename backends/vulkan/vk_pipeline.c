@@ -33,6 +33,11 @@ static const char *const shader_names[VK_SH_COUNT] = {
     [VK_SH_ATTENTION_COMBINE] = "attention_combine",
 };
 
+const char *duet_vk_shader_name(vk_shader sh)
+{
+    return (unsigned)sh < VK_SH_COUNT && shader_names[sh] ? shader_names[sh] : "?";
+}
+
 /* ---- the on-disk pipeline cache -------------------------------------------- */
 
 /* Where this device's pipeline cache lives: $DUET_CACHE (as the duet

@@ -18,6 +18,9 @@
  * signals the next, and stream_wait waits for the stream's value. Without
  * them, the first command of a recording gets a barrier (its first scope
  * includes earlier submissions) and a fence per stream tells completion.
+ *
+ * Profiling (vk_profile.c): when enabled at begin, a timestamp after the
+ * begin and after each command; read and added up at wait.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +113,7 @@ void duet_vk_stream_destroy(void *ctx, duet_stream *s)
         c->fd.vkDestroyFence(c->dev, s->fence, NULL);
     if (s->pool)
         c->fd.vkDestroyCommandPool(c->dev, s->pool, NULL); /* frees cb */
+    duet_vk_profile_stream_free(c, s);
     free(s->staging);
     free(s->dpools);
     free(s->downloads);
@@ -151,7 +155,7 @@ duet_status duet_vk_stream_begin(void *ctx, duet_stream *s)
                             "beginning a command buffer")))
         return rc;
     s->state = VK_STREAM_RECORDING;
-    return DUET_OK;
+    return duet_vk_profile_begin(c, s); /* the start timestamp, when profiling */
 }
 
 static duet_status require_recording(vk_ctx *c, const duet_stream *s, const char *what)
@@ -305,7 +309,7 @@ duet_status duet_vk_stream_wait(void *ctx, duet_stream *s)
     for (int i = 0; i < s->n_downloads; i++)
         memcpy(s->downloads[i].dst, s->downloads[i].src, s->downloads[i].n);
     s->n_downloads = 0;
-    return DUET_OK;
+    return duet_vk_profile_collect(c, s);
 }
 
 duet_status duet_vk_stream_scratch(vk_ctx *c, duet_stream *s, size_t n, vk_binding *binding,
@@ -369,6 +373,8 @@ duet_status duet_vk_upload(void *ctx, duet_stream *s, duet_addr dst, const void 
         if ((rc = order_command(c, s, acc, 2)))
             return rc;
         c->fd.vkCmdCopyBuffer(s->cb, st.buf, ch->buf, 1, &r);
+        if ((rc = duet_vk_profile_stamp(c, s, VK_PROF_UPLOAD)))
+            return rc;
     }
     return DUET_OK;
 }
@@ -399,6 +405,8 @@ duet_status duet_vk_download(void *ctx, duet_stream *s, duet_addr src, void *dst
         if ((rc = order_command(c, s, acc, 2)))
             return rc;
         c->fd.vkCmdCopyBuffer(s->cb, ch->buf, st.buf, 1, &r);
+        if ((rc = duet_vk_profile_stamp(c, s, VK_PROF_DOWNLOAD)))
+            return rc;
         done += piece;
     }
     s->downloads[s->n_downloads++] = (vk_download){dst, host, n};
@@ -486,5 +494,5 @@ duet_status duet_vk_dispatch(vk_ctx *c, duet_stream *s, vk_shader sh, uint32_t s
         c->fd.vkCmdPushConstants(s->cb, c->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, pc_size,
                                  pc);
     c->fd.vkCmdDispatch(s->cb, gx, gy, gz);
-    return DUET_OK;
+    return duet_vk_profile_stamp(c, s, (int)sh);
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # tools/gpu-check.sh --quick end to end where a Vulkan device exists (here:
 # lavapipe, validation on): every step runs and passes, summary.json holds
-# the numbers, the table comes last. Everywhere: duet bench forward on the
-# CPU writes complete JSON whose bytes per step follow from the shape, and
-# the new bench modes reject bad arguments with one line.
+# the numbers (with the GPU profile of steps 4 and 5), the table comes
+# last, then the batch-1 decode profile block. Everywhere: duet bench
+# forward on the CPU writes complete JSON whose bytes per step follow from
+# the shape, and the new bench modes reject bad arguments with one line.
 set -u
 duet="$1"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -42,6 +43,8 @@ expect_error "forward --batch 0" "--batch" bench forward --batch 0
 expect_error "forward --batch list" "--batch" bench forward --batch 1,,2
 expect_error "forward --kv-type" "--kv-type 'q8'" bench forward --kv-type q8
 expect_error "forward extra arg" "unexpected argument" bench forward extra
+expect_error "forward --profile on cpu" "--profile needs a Vulkan device" bench forward --device cpu --profile
+expect_error "forward --profile-steps" "--profile-steps" bench forward --profile-steps 0
 expect_error "bandwidth on cpu" "only Vulkan" bench bandwidth --device cpu
 expect_error "bandwidth --copies" "--copies" bench bandwidth --copies 0
 
@@ -51,7 +54,12 @@ if "$duet" devices --json >"$tmp/dev.json" 2>/dev/null &&
   DUET_VK_VALIDATION=1 DUET_RESULTS="$tmp/res" bash "$root/tools/gpu-check.sh" --quick --duet "$duet" \
     >"$tmp/gc.txt" 2>&1
   rc=$?
-  if [ $rc -eq 0 ] && tail -n 13 "$tmp/gc.txt" | grep -q "^decode batch 64 " &&
+  # The table, then the profile block: a header and at least one kind for
+  # each of BF16 and Q4_0, then the JSON line.
+  table="$(sed -n '/^duet GPU check/,$p' "$tmp/gc.txt")"
+  if [ $rc -eq 0 ] && grep -q "^decode batch 64 " <<<"$table" &&
+     grep -A1 "^profile, decode batch 1 (bf16): GPU [0-9.]* us/step, wall" <<<"$table" | grep -q "^  matmul" &&
+     grep -A1 "^profile, decode batch 1 (q4_0): GPU [0-9.]* us/step, wall" <<<"$table" | grep -q "^  matmul" &&
      [ "$(tail -n 1 "$tmp/gc.txt")" = "JSON: $tmp/res/summary.json" ] &&
      ! grep -qi "validation" "$tmp/res"/*.log && py_json "$tmp/res/summary.json" '
 assert d["quick"] is True
@@ -73,10 +81,27 @@ assert all(0 < x["fraction_of_copy"] for x in d["forward_q4"]["decode"])
 assert [x["batch"] for x in d["forward_q4_tiled"]["decode"]] == [1]
 assert [x["batch"] for x in d["forward_rows1"]["decode"]] == [1, 8, 64]
 assert d["forward_rows1"].get("prefill") is None, d["forward_rows1"].get("prefill")
+# --profile on steps 4 and 5 only: every decode batch (and the prefill) of
+# those, 4 profiled steps each, one recording per step (the prefill: one per
+# chunk), the shares of the kinds summing to at most 1, a matmul kind present.
+def check_profile(p, steps):
+    assert p["steps"] == steps and p["recordings"] == steps, p
+    assert 0 < p["span_us_per_step"] and 0 < p["wall_us_per_step"], p
+    assert 0 < p["barriers_per_step"] < sum(k["per_step"] for k in p["kinds"]), p
+    ks = p["kinds"]
+    assert any(k["kind"].startswith("matmul") for k in ks), ks
+    assert all(k["us_per_step"] >= 0 and k["per_step"] > 0 for k in ks), ks
+    assert 0.99 < sum(k["share"] for k in ks) <= 1.001, ks  # shares rounded to 1e-4
+    assert [k["us_per_step"] for k in ks] == sorted((k["us_per_step"] for k in ks), reverse=True)
+for x in d["forward"]["decode"] + d["forward_q4"]["decode"]:
+    check_profile(x["profile"], 4)
+check_profile(d["forward"]["prefill"]["profile"], 2)  # 256 tokens in chunks of 128
+for k in ("forward_tiled", "forward_rows1", "forward_q4_tiled"):
+    assert all("profile" not in x for x in d[k]["decode"]), k
 ' "$tmp/res/summary.json" 2>"$tmp/err"; then
     ok "gpu-check.sh --quick on $(py_json "$tmp/dev.json" 'print([x["name"] for x in d["devices"] if x["backend"] == "vulkan"][0])' "$tmp/dev.json")"
   else
-    bad "gpu-check.sh --quick: rc=$rc $(tail -n 14 "$tmp/gc.txt") $(cat "$tmp/err" 2>/dev/null)"
+    bad "gpu-check.sh --quick: rc=$rc $(tail -n 40 "$tmp/gc.txt") $(cat "$tmp/err" 2>/dev/null)"
   fi
   # A step that fails is reported and the rest still run.
   mkdir -p "$tmp/fake"
