@@ -520,6 +520,23 @@ static duet_status vec_rows_parse(const char *env, int *log2_rows)
     return duet_error(DUET_ERR_INVALID_ARG, "DUET_VK_VEC_ROWS='%s': expected 1, 2 or 4", env);
 }
 
+/* DUET_VK_ATTN_PART=64|128|256: keys per split-K attention partition
+ * (docs/VULKAN.md); unset: 64, the most workgroups for short contexts. */
+static duet_status attn_part_parse(const char *env, int *part)
+{
+    *part = 64;
+    if (!env)
+        return DUET_OK;
+    static const char *const allowed[] = {"64", "128", "256"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(env, allowed[i]) == 0) {
+            *part = 64 << i;
+            return DUET_OK;
+        }
+    return duet_error(DUET_ERR_INVALID_ARG, "DUET_VK_ATTN_PART='%s': expected 64, 128 or 256",
+                      env);
+}
+
 static duet_status fault_parse(const char *env, vk_fault *f)
 {
     memset(f, 0, sizeof *f);
@@ -698,6 +715,7 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
     c->caps = caps[index];
     /* Faults count from here: device creation itself never fails by them. */
     if ((rc = vec_rows_parse(getenv("DUET_VK_VEC_ROWS"), &c->vec_rows_log2)) ||
+        (rc = attn_part_parse(getenv("DUET_VK_ATTN_PART"), &c->attn_part)) ||
         (rc = device_open(c)) || (rc = fault_parse(getenv("DUET_VK_FAULT"), &c->fault)))
         goto out_destroy;
     duet_device *dev = calloc(1, sizeof *dev);
