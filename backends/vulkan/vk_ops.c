@@ -458,12 +458,20 @@ duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args
 }
 
 /* Split-K attention (attention_split*.comp + attention_combine.comp): query
- * heads per workgroup (GM), and the partials one dispatch pair may use (the
- * device's buffer starts this size); tokens beyond it go in further pairs
- * over the same memory (one token's partials may exceed it: the buffer
- * grows). The keys per partition (the shaders' PART) are the device's
- * vk_ctx.attn_part. */
+ * heads per workgroup (GM), and the partials one dispatch pair may use at
+ * 256 keys per partition; tokens beyond it go in further pairs over the
+ * same memory (one token's partials may exceed it: the buffer grows). The
+ * keys per partition (the shaders' PART) are the device's vk_ctx.attn_part. */
 enum { ATTN_GROUP = 8, ATTN_SCRATCH = 8 << 20 };
+
+/* The partials budget of one pair, scaled by 256 / PART (32 MiB at 64): the
+ * partials per token grow as the partitions shrink, and a smaller budget
+ * would cut a prefill chunk into more split + combine pairs, each a barrier.
+ * The device's buffer starts this size. */
+static uint64_t attn_budget(const vk_ctx *c)
+{
+    return (uint64_t)ATTN_SCRATCH * 256 / (uint64_t)c->attn_part;
+}
 
 typedef struct attn_pc {
     uint32_t n_tokens, n_seqs, n_heads, n_kv_heads, head_dim;
@@ -486,7 +494,8 @@ static duet_status attn_scratch(vk_ctx *c, uint64_t bytes, duet_buffer **out)
             goto out_unlock;
         }
         c->attn_retired = r;
-        if ((rc = duet_vk_buffer_alloc(c, bytes > ATTN_SCRATCH ? bytes : ATTN_SCRATCH, &b))) {
+        uint64_t size = bytes > attn_budget(c) ? bytes : attn_budget(c);
+        if ((rc = duet_vk_buffer_alloc(c, size, &b))) {
             rc = duet_error_wrap(rc, "attention: the split-K partials buffer");
             goto out_unlock;
         }
@@ -526,8 +535,9 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
                           "token; this device binds at most %llu",
                           (unsigned long long)keys, (unsigned long long)per_token,
                           (unsigned long long)duet_vk_max_bind(c));
-    if (n_parts > 1 && ATTN_SCRATCH / per_token < chunk)
-        chunk = ATTN_SCRATCH / per_token ? ATTN_SCRATCH / per_token : 1;
+    uint64_t fit = attn_budget(c) / per_token; /* tokens whose partials fit */
+    if (n_parts > 1 && fit < chunk)
+        chunk = fit ? fit : 1;
     if (chunk > (uint64_t)a->n_tokens)
         chunk = (uint64_t)a->n_tokens;
     b[7] = duet_vk_dummy_binding(c);
