@@ -8,17 +8,17 @@
 // 256: PART / 64 tiles) — a specialization constant the device fixes once
 // (DUET_VK_ATTN_PART), so how a row's keys are cut depends on its own
 // position and the device only, never on the batch. Keys go in tiles of
-// 64, one per invocation: the
-// invocation loads the K row (16-byte loads where aligned) once and dots
-// it with every query head of the group; a per-head tile max and sum
-// (fixed reduction order), an online softmax across tiles; then each
-// invocation accumulates up to 4 output dims of every head, reading each V
-// row once for the whole group (consecutive invocations, consecutive
-// dims). A row whose keys fit one partition writes its output directly;
-// otherwise each partition writes (max, sum, acc[head_dim]) per head to
-// the scratch buffer and attention_combine.comp merges them in partition
-// order. Bad metadata gives NaN rows exactly where the CPU reference does
-// (backends/cpu/cpu_ops.h): a bad block id poisons the partition's sum.
+// 64, one per invocation: the invocation loads the K row (16-byte loads
+// where aligned) once and dots it with every query head of the group; a
+// per-head tile max and sum (fixed reduction order), an online softmax
+// across tiles; then each invocation accumulates up to 4 output dims of
+// every head, reading each V row once for the whole group (consecutive
+// invocations, consecutive dims). A row whose keys fit one partition
+// writes its output directly; otherwise each partition writes (max, sum,
+// acc[head_dim]) per head to the scratch buffer and attention_combine.comp
+// merges them in partition order. Bad metadata gives NaN rows exactly
+// where the CPU reference does (backends/cpu/cpu_ops.h): a bad block id
+// poisons the partition's sum.
 #include "common.glsl"
 layout(local_size_x = 64) in;
 // Bit 0: F16 cache; bit 1: K rows read 16 bytes at a time (the host sets
