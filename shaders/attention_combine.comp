@@ -16,7 +16,10 @@ layout(push_constant) uniform PC {
     uint sl_off, qsl_off, o_off, t0, n_parts, p_off;
 } pc;
 
-const uint PART = 256u; // as in attention_split.glsl
+// log2 of the tiles per partition, as in attention_split.glsl: PART = 64,
+// 128 or 256 keys (the device's choice, vk_ctx.attn_part).
+layout(constant_id = 1) const uint PART_SHIFT = 0u;
+const uint PART = 64u << PART_SHIFT;
 
 int qsl_at(uint s) { return int(qsl[pc.qsl_off + s]); }
 

@@ -4,24 +4,29 @@
 // compute shaders). Decode-oriented paged attention (flash-decoding):
 //
 // One workgroup of 64 per (token, kv head, up to GM query heads of its
-// GQA group, partition). A partition is PART consecutive keys — a
-// constant, so how a row's keys are cut depends on its own position only,
-// never on the batch. Keys go in tiles of 64, one per invocation: the
-// invocation loads the K row (16-byte loads where aligned) once and dots
-// it with every query head of the group; a per-head tile max and sum
-// (fixed reduction order), an online softmax across tiles; then each
-// invocation accumulates up to 4 output dims of every head, reading each V
-// row once for the whole group (consecutive invocations, consecutive
-// dims). A row whose keys fit one partition writes its output directly;
-// otherwise each partition writes (max, sum, acc[head_dim]) per head to
-// the scratch buffer and attention_combine.comp merges them in partition
-// order. Bad metadata gives NaN rows exactly where the CPU reference does
-// (backends/cpu/cpu_ops.h): a bad block id poisons the partition's sum.
+// GQA group, partition). A partition is PART consecutive keys (64, 128 or
+// 256: PART / 64 tiles) — a specialization constant the device fixes once
+// (DUET_VK_ATTN_PART), so how a row's keys are cut depends on its own
+// position and the device only, never on the batch. Keys go in tiles of
+// 64, one per invocation: the invocation loads the K row (16-byte loads
+// where aligned) once and dots it with every query head of the group; a
+// per-head tile max and sum (fixed reduction order), an online softmax
+// across tiles; then each invocation accumulates up to 4 output dims of
+// every head, reading each V row once for the whole group (consecutive
+// invocations, consecutive dims). A row whose keys fit one partition
+// writes its output directly; otherwise each partition writes (max, sum,
+// acc[head_dim]) per head to the scratch buffer and attention_combine.comp
+// merges them in partition order. Bad metadata gives NaN rows exactly
+// where the CPU reference does (backends/cpu/cpu_ops.h): a bad block id
+// poisons the partition's sum.
 #include "common.glsl"
 layout(local_size_x = 64) in;
 // Bit 0: F16 cache; bit 1: K rows read 16 bytes at a time (the host sets
 // it when the cache binding and head_dim allow).
 layout(constant_id = 0) const uint MODE = 0u;
+// log2 of the tiles per partition: PART = 64, 128 or 256 keys (vk_ops.c
+// passes the device's choice; the combine gets the same value).
+layout(constant_id = 1) const uint PART_SHIFT = 0u;
 BUF_RO(0, qb)
 BUF_RO(1, kc)
 layout(std430, set = 0, binding = 1) readonly buffer Buf1v { uvec4 kc4[]; };
@@ -40,7 +45,7 @@ layout(push_constant) uniform PC {
 } pc;
 
 const uint GM = 8u;     // query heads per workgroup (larger groups: several workgroups)
-const uint PART = 256u; // keys per partition: also in vk_ops.c (ATTN_PART) and the combine
+const uint PART = 64u << PART_SHIFT; // keys per partition (vk_ctx.attn_part)
 const bool F16 = (MODE & 1u) != 0u;
 const bool VEC = (MODE & 2u) != 0u;
 

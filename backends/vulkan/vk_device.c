@@ -508,22 +508,41 @@ static duet_status timeline_create(vk_ctx *c)
     return DUET_OK;
 }
 
-/* DUET_VK_FAULT=device_lost_after:N | oom[:N] | pipeline[:shader] (tests). */
+/* An override variable whose value must be base, 2 base or 4 base:
+ * *log2 = which (0, 1, 2), or a message naming the variable and the value. */
+static duet_status pow2_choice(const char *var, const char *env, int base, int *log2)
+{
+    for (int l = 0; l < 3; l++) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", base << l);
+        if (strcmp(env, v) == 0) {
+            *log2 = l;
+            return DUET_OK;
+        }
+    }
+    return duet_error(DUET_ERR_INVALID_ARG, "%s='%s': expected %d, %d or %d", var, env, base,
+                      2 * base, 4 * base);
+}
+
 /* DUET_VK_VEC_ROWS=1|2|4: the weight rows per workgroup of the decode
  * matmuls (docs/VULKAN.md); unset: 4. */
 static duet_status vec_rows_parse(const char *env, int *log2_rows)
 {
     *log2_rows = -1; /* the default: duet_vk_vec_rows_log2() */
-    if (!env)
-        return DUET_OK;
-    for (int l = 0; l < 3; l++)
-        if (env[0] == "124"[l] && env[1] == '\0') {
-            *log2_rows = l;
-            return DUET_OK;
-        }
-    return duet_error(DUET_ERR_INVALID_ARG, "DUET_VK_VEC_ROWS='%s': expected 1, 2 or 4", env);
+    return env ? pow2_choice("DUET_VK_VEC_ROWS", env, 1, log2_rows) : DUET_OK;
 }
 
+/* DUET_VK_ATTN_PART=64|128|256: keys per split-K attention partition
+ * (docs/VULKAN.md); unset: 64, the most workgroups for short contexts. */
+static duet_status attn_part_parse(const char *env, int *part)
+{
+    int l = 0;
+    duet_status rc = env ? pow2_choice("DUET_VK_ATTN_PART", env, 64, &l) : DUET_OK;
+    *part = 64 << l;
+    return rc;
+}
+
+/* DUET_VK_FAULT=device_lost_after:N | oom[:N] | pipeline[:shader] (tests). */
 static duet_status fault_parse(const char *env, vk_fault *f)
 {
     memset(f, 0, sizeof *f);
@@ -704,6 +723,7 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
     c->caps = caps[index];
     /* Faults count from here: device creation itself never fails by them. */
     if ((rc = vec_rows_parse(getenv("DUET_VK_VEC_ROWS"), &c->vec_rows_log2)) ||
+        (rc = attn_part_parse(getenv("DUET_VK_ATTN_PART"), &c->attn_part)) ||
         (rc = device_open(c)) || (rc = fault_parse(getenv("DUET_VK_FAULT"), &c->fault)) ||
         (rc = duet_vk_profile_init(c, getenv("DUET_VK_PROFILE"))))
         goto out_destroy;

@@ -66,7 +66,7 @@ enum { VK_PROF_UPLOAD = VK_SH_COUNT, VK_PROF_DOWNLOAD, VK_PROF_KINDS };
 /* Pipeline variants per shader: spec % 32 is a type (constant 0), spec / 32
  * a kernel variant (constant 1; the matmuls: bit 0 per-output, bit 1
  * gated, bits 2-3 log2 of the weight rows per workgroup of matmul_vec /
- * matmul_qvec). */
+ * matmul_qvec; split-K attention: log2 of the 64-key tiles per partition). */
 enum { VK_SPEC_VALUES = 512 };
 
 /* What a physical device reports (probed once; never enable more). */
@@ -219,6 +219,8 @@ typedef struct vk_ctx {
     int vec_rows_log2;          /* matmul_vec/qvec: 1 << this weight rows per workgroup
                                    (DUET_VK_VEC_ROWS); -1 = the default, see
                                    duet_vk_vec_rows_log2() */
+    int attn_part;              /* split-K attention: keys per partition, 64, 128 or
+                                   256 (DUET_VK_ATTN_PART; default 64) */
     uint32_t mem_device;        /* memory type indices */
     uint32_t mem_host;
     int device_mem_mapped;      /* device-local type is host-visible+coherent */

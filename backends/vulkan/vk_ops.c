@@ -457,12 +457,21 @@ duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args
                             &pc, sizeof pc, gx, gy, 1);
 }
 
-/* Split-K attention (attention_split*.comp + attention_combine.comp): keys
- * per partition (the shaders' PART), query heads per workgroup (GM), and
- * the partials one dispatch pair may use (the device's buffer starts this
- * size); tokens beyond it go in further pairs over the same memory (one
- * token's partials may exceed it: the buffer grows). */
-enum { ATTN_PART = 256, ATTN_GROUP = 8, ATTN_SCRATCH = 8 << 20 };
+/* Split-K attention (attention_split*.comp + attention_combine.comp): query
+ * heads per workgroup (GM), and the partials one dispatch pair may use at
+ * 256 keys per partition; tokens beyond it go in further pairs over the
+ * same memory (one token's partials may exceed it: the buffer grows). The
+ * keys per partition (the shaders' PART) are the device's vk_ctx.attn_part. */
+enum { ATTN_GROUP = 8, ATTN_SCRATCH = 8 << 20 };
+
+/* The partials budget of one pair, scaled by 256 / PART (32 MiB at 64): the
+ * partials per token grow as the partitions shrink, and a smaller budget
+ * would cut a prefill chunk into more split + combine pairs, each a barrier.
+ * The device's buffer starts this size. */
+static uint64_t attn_budget(const vk_ctx *c)
+{
+    return (uint64_t)ATTN_SCRATCH * 256 / (uint64_t)c->attn_part;
+}
 
 typedef struct attn_pc {
     uint32_t n_tokens, n_seqs, n_heads, n_kv_heads, head_dim;
@@ -485,7 +494,8 @@ static duet_status attn_scratch(vk_ctx *c, uint64_t bytes, duet_buffer **out)
             goto out_unlock;
         }
         c->attn_retired = r;
-        if ((rc = duet_vk_buffer_alloc(c, bytes > ATTN_SCRATCH ? bytes : ATTN_SCRATCH, &b))) {
+        uint64_t size = bytes > attn_budget(c) ? bytes : attn_budget(c);
+        if ((rc = duet_vk_buffer_alloc(c, size, &b))) {
             rc = duet_error_wrap(rc, "attention: the split-K partials buffer");
             goto out_unlock;
         }
@@ -509,7 +519,10 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
     duet_status rc = DUET_OK;
     uint64_t D = (uint64_t)a->head_dim;
     uint64_t keys = (uint64_t)a->max_blocks_per_seq * a->block_size;
-    uint64_t n_parts = keys > ATTN_PART ? ceil_div(keys, ATTN_PART) : 1;
+    uint64_t part = (uint64_t)c->attn_part;
+    uint64_t n_parts = keys > part ? ceil_div(keys, part) : 1;
+    /* Both shaders' constant 1: log2 of the 64-key tiles per partition. */
+    uint32_t part_spec = 32u * (part == 64 ? 0u : part == 128 ? 1u : 2u);
     uint64_t group = (uint64_t)(a->n_heads / a->n_kv_heads);
     uint64_t gx = (uint64_t)a->n_kv_heads * ceil_div(group, ATTN_GROUP);
     uint64_t per_token = 4ull * a->n_heads * n_parts * (D + 2);
@@ -522,8 +535,9 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
                           "token; this device binds at most %llu",
                           (unsigned long long)keys, (unsigned long long)per_token,
                           (unsigned long long)duet_vk_max_bind(c));
-    if (n_parts > 1 && ATTN_SCRATCH / per_token < chunk)
-        chunk = ATTN_SCRATCH / per_token ? ATTN_SCRATCH / per_token : 1;
+    uint64_t fit = attn_budget(c) / per_token; /* tokens whose partials fit */
+    if (n_parts > 1 && fit < chunk)
+        chunk = fit ? fit : 1;
     if (chunk > (uint64_t)a->n_tokens)
         chunk = (uint64_t)a->n_tokens;
     b[7] = duet_vk_dummy_binding(c);
@@ -544,8 +558,8 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
     for (uint64_t t0 = 0; t0 < (uint64_t)a->n_tokens && rc == DUET_OK; t0 += chunk) {
         uint64_t cnt = (uint64_t)a->n_tokens - t0 < chunk ? (uint64_t)a->n_tokens - t0 : chunk;
         pc.t0 = (uint32_t)t0;
-        rc = duet_vk_dispatch(c, s, sh, (uint32_t)(f16 + 2 * vec), b, 8, &pc, sizeof pc,
-                              (uint32_t)gx, (uint32_t)n_parts, (uint32_t)cnt);
+        rc = duet_vk_dispatch(c, s, sh, (uint32_t)(f16 + 2 * vec) + part_spec, b, 8, &pc,
+                              sizeof pc, (uint32_t)gx, (uint32_t)n_parts, (uint32_t)cnt);
         if (rc || n_parts == 1)
             continue;
         vk_binding cb[4] = {b[7], b[4], b[5], b[6]};
@@ -554,7 +568,7 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
             uint32_t sl_off, qsl_off, o_off, t0, n_parts, p_off;
         } cpc = {pc.n_tokens, pc.n_seqs, pc.n_heads, pc.head_dim, pc.block_size, pc.max_blocks,
                  pc.sl_off, pc.qsl_off, pc.o_off, pc.t0, pc.n_parts, pc.p_off};
-        rc = duet_vk_dispatch(c, s, VK_SH_ATTENTION_COMBINE, 0, cb, 4, &cpc, sizeof cpc,
+        rc = duet_vk_dispatch(c, s, VK_SH_ATTENTION_COMBINE, part_spec, cb, 4, &cpc, sizeof cpc,
                               (uint32_t)a->n_heads, (uint32_t)cnt, 1);
     }
     return rc;

@@ -1,8 +1,10 @@
 /*
  * test_vulkan_attention.c — Vulkan split-K attention (attention_split*.comp
  * + attention_combine.comp, forced with DUET_VK_ATTENTION) against the CPU
- * reference (force_reference): contexts shorter than, equal to and several
- * partitions (256 keys) long, F32 and F16 caches, GQA groups 1/4/8/12,
+ * reference (force_reference), once per partition size (DUET_VK_ATTN_PART
+ * 64 = the default, 128, 256; every test at 64, the PART-dependent ones at
+ * 128 and 256): contexts shorter than, equal to and several
+ * partitions long, F32 and F16 caches, GQA groups 1/4/8/12,
  * head_dim 64/128 (and 34/36: no 16-byte loads), mixed prefill + decode
  * batches (a wide grid that takes two token chunks), a table wide enough
  * that the partials buffer grows, batch invariance (a row alone and in a batch
@@ -34,7 +36,10 @@
 static side cpu, vk;   /* vk: DUET_VK_ATTENTION=split */
 static side vk_shared; /* DUET_VK_ATTENTION=split-shared; NULL device when the same as vk */
 
-enum { PART = 256 }; /* the shaders' partition */
+/* The partials one split + combine pair may use at 256 keys per partition
+ * (vk_ops.c's ATTN_SCRATCH; scaled by 256 / PART): more tokens go in
+ * further pairs. */
+enum { SCRATCH = 8 << 20 };
 
 /* One attention batch: shapes, metadata and contents (host side). */
 typedef struct batch {
@@ -145,6 +150,21 @@ static void run(side *x, const batch *b, float *out, int *commands)
 
 static int split_mode(const side *x) { return ((const vk_ctx *)x->d->ctx)->caps.split_attention; }
 
+/* Keys per partition on the devices under test (both variants agree). */
+static int part_of(const side *x) { return ((const vk_ctx *)x->d->ctx)->attn_part; }
+
+/* Split + combine pairs the host must record for b: chunks of tokens whose
+ * partials fit SCRATCH, at least one token each. */
+static int expected_pairs(const batch *b, int part)
+{
+    long keys = (long)b->max_blocks * b->block_size;
+    long parts = (keys + part - 1) / part;
+    long per_token = 4L * b->n_heads * parts * (b->head_dim + 2);
+    long budget = (long)SCRATCH * 256 / part;
+    long chunk = budget / per_token ? budget / per_token : 1;
+    return (int)((b->n_tokens + chunk - 1) / chunk);
+}
+
 /* The Vulkan devices under test: vk, and vk_shared when it is a different
  * variant. */
 static int n_variants(void) { return vk_shared.d ? 2 : 1; }
@@ -162,14 +182,16 @@ static int check_batch(const char *what, const batch *b)
     for (int v = 0; v < n_variants(); v++) {
         run(variant(v), b, got, &commands);
         char msg[160];
-        snprintf(msg, sizeof msg, "%s [%s] H=%d Hkv=%d D=%d %s", what,
-                 split_mode(variant(v)) == 2 ? "subgroup" : "shared", b->n_heads, b->n_kv_heads,
-                 b->head_dim, b->cache_type == DUET_F16 ? "F16" : "F32");
+        int part = part_of(variant(v));
+        snprintf(msg, sizeof msg, "%s [%s, part %d] H=%d Hkv=%d D=%d %s", what,
+                 split_mode(variant(v)) == 2 ? "subgroup" : "shared", part, b->n_heads,
+                 b->n_kv_heads, b->head_dim, b->cache_type == DUET_F16 ? "F16" : "F32");
         vk_assert_match(msg, got, want, n, 5e-4);
-        int multi = b->max_blocks * b->block_size > PART;
-        if (multi ? commands < 2 || commands % 2 : commands != 1)
-            fail_msg("%s: %d commands recorded; the split path records %s", msg, commands,
-                     multi ? "split + combine pairs" : "one split dispatch");
+        int multi = b->max_blocks * b->block_size > part;
+        if (commands != (multi ? 2 * expected_pairs(b, part) : 1))
+            fail_msg("%s: %d commands recorded; the split path records %s (%d)", msg, commands,
+                     multi ? "split + combine pairs" : "one split dispatch",
+                     multi ? 2 * expected_pairs(b, part) : 1);
         int vn = duet_vulkan_validation_errors(variant(v)->d);
         if (vn)
             fail_msg("%s: the validation layer reported %d message(s)", msg, vn);
@@ -180,29 +202,45 @@ static int check_batch(const char *what, const batch *b)
 
 /* ---- tests ------------------------------------------------------------------------ */
 
+/* The default device: split variants as asked, 64 keys per partition. */
 static void test_selection(void **state)
 {
     (void)state;
     assert_true(split_mode(&vk) >= 1);
-    if (vk_shared.d)
+    assert_int_equal(part_of(&vk), 64);
+    if (vk_shared.d) {
         assert_int_equal(split_mode(&vk_shared), 1);
+        assert_int_equal(part_of(&vk_shared), 64);
+    }
     fprintf(stderr, "  split variants: %s%s\n", split_mode(&vk) == 2 ? "subgroup " : "",
             vk_shared.d || split_mode(&vk) == 1 ? "shared" : "");
 }
 
-/* Decode rows at contexts around and beyond one partition. */
+/* Decode rows at contexts around one and two partitions and beyond
+ * (1, P - 1, P, P + 1, 2P + 1, 700), GQA groups 1/4/8/12. */
 static void test_decode_contexts(void **state)
 {
     (void)state;
-    static const int q1[] = {1, 1, 1, 1, 1}, ctx[] = {1, 255, 256, 257, 1500};
+    int P = part_of(&vk);
+    const int q1[] = {1, 1, 1, 1, 1, 1}, ctx[] = {1, P - 1, P, P + 1, 2 * P + 1, 700};
     static const int shapes[][3] = {{4, 4, 64}, {8, 2, 128}, {16, 2, 64}, {24, 2, 64}};
     for (int f16 = 0; f16 < 2; f16++)
         for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
-            batch b = make_batch(5, q1, ctx, shapes[i][0], shapes[i][1], shapes[i][2],
+            batch b = make_batch(6, q1, ctx, shapes[i][0], shapes[i][1], shapes[i][2],
                                  f16 ? DUET_F16 : DUET_F32);
-            check_batch("decode ctx 1/255/256/257/1500", &b);
+            check_batch("decode ctx 1/P-1/P/P+1/2P+1/700", &b);
             free_batch(&b);
         }
+}
+
+/* A long context: 1500 keys, many partitions to combine. */
+static void test_long_context(void **state)
+{
+    (void)state;
+    static const int q1[] = {1, 1}, ctx[] = {1500, 1};
+    batch b = make_batch(2, q1, ctx, 16, 2, 64, DUET_F16);
+    check_batch("decode ctx 1500", &b);
+    free_batch(&b);
 }
 
 /* head_dim that rules out 16-byte K loads (F32: not a multiple of 4;
@@ -219,16 +257,16 @@ static void test_scalar_loads(void **state)
     free_batch(&b);
 }
 
-/* A table 20000 blocks wide (1250 partitions in the grid) with short
- * sequences: 10.6 MB of partials per token, more than the 8 MiB the
- * device's buffer starts with, so it grows and each token gets its own
- * split + combine pair. */
+/* A table 640 partitions wide with short sequences, 64 heads of 256 dims:
+ * 42 MB of partials per token, more than the device's buffer starts with
+ * (8 MiB x 256 / PART), so it grows and each token gets its own split +
+ * combine pair. */
 static void test_wide_table(void **state)
 {
     (void)state;
     static const int q1[] = {1, 2}, ctx[] = {300, 40};
-    batch b = make_batch(2, q1, ctx, 32, 4, 64, DUET_F16);
-    int wide = 20000;
+    batch b = make_batch(2, q1, ctx, 64, 4, 256, DUET_F16);
+    int wide = 640 * part_of(&vk) / b.block_size;
     int32_t *t = malloc(4ull * b.n_seqs * wide);
     for (int s = 0; s < b.n_seqs; s++)
         for (int i = 0; i < wide; i++)
@@ -240,19 +278,22 @@ static void test_wide_table(void **state)
     free_batch(&b);
 }
 
-/* Short contexts only: one partition, no scratch, one dispatch. */
+/* Short contexts only: one partition, no scratch, one dispatch (a prefill
+ * of 3 ending at P - 1, a row at exactly P keys). */
 static void test_single_partition(void **state)
 {
     (void)state;
-    static const int ql[] = {1, 3, 1}, ctx[] = {9, 200, 256};
+    int P = part_of(&vk);
+    const int ql[] = {1, 3, 1}, ctx[] = {9, P - 1, P};
     batch b = make_batch(3, ql, ctx, 8, 2, 128, DUET_F16);
-    check_batch("one partition", &b);
+    assert_int_equal(check_batch("one partition", &b), 1);
     free_batch(&b);
 }
 
 /* Mixed prefill + decode, a prefill crossing partition boundaries; the
- * 8000-key decode widens the partition grid (32) so the 207 tokens need
- * two token chunks of the 8 MiB scratch: two split + combine pairs. */
+ * 8000-key decode widens the partition grid so the 207 tokens need two
+ * token chunks of the scratch: two split + combine pairs (at any PART: the
+ * budget scales with the partitions). */
 static void test_mixed_batch(void **state)
 {
     (void)state;
@@ -262,13 +303,25 @@ static void test_mixed_batch(void **state)
     free_batch(&b);
 }
 
+/* The same without the wide decode (one token chunk), F16, GQA 12: the
+ * PART-dependent cuts of prefill rows, for every partition size. */
+static void test_mixed_short(void **state)
+{
+    (void)state;
+    static const int ql[] = {5, 1, 1, 70, 1}, ctx[] = {600, 257, 1, 300, 65};
+    batch b = make_batch(5, ql, ctx, 24, 2, 64, DUET_F16);
+    assert_int_equal(check_batch("mixed prefill + decode, short", &b), 2);
+    free_batch(&b);
+}
+
 /* Each row of a batch of 11 decodes has the same bits alone (its own
  * table width, so a different partition grid and no neighbours). */
 static void test_batch_invariance(void **state)
 {
     (void)state;
-    static const int q1[11] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-    static const int ctx[11] = {700, 3, 1500, 256, 257, 90, 1024, 1, 511, 512, 1300};
+    int P = part_of(&vk);
+    const int q1[11] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    const int ctx[11] = {700, 3, 1500, P, P + 1, 90, 1024, 1, 2 * P - 1, 2 * P, 1300};
     for (int f16 = 0; f16 < 2; f16++) {
         batch all = make_batch(11, q1, ctx, 8, 2, 64, f16 ? DUET_F16 : DUET_F32);
         size_t row = (size_t)all.n_heads * all.head_dim;
@@ -288,8 +341,8 @@ static void test_batch_invariance(void **state)
                 one.q = &all.q[s * row];
                 run(variant(v), &one, alone, NULL);
                 if (memcmp(alone, &together[s * row], 4 * row) != 0)
-                    fail_msg("row %d (ctx %d, %s): alone differs from in a batch of 11", s,
-                             ctx[s], f16 ? "F16" : "F32");
+                    fail_msg("row %d (ctx %d, %s, part %d): alone differs from in a batch of 11",
+                             s, ctx[s], f16 ? "F16" : "F32", P);
             }
         }
         free(together), free(alone);
@@ -297,18 +350,20 @@ static void test_batch_invariance(void **state)
     }
 }
 
-/* Bad metadata: NaN rows exactly where the reference has them. */
+/* Bad metadata: NaN rows exactly where the reference has them, on the
+ * multi-partition path (the combine carries a NaN sum) and the
+ * single-partition one (the split kernel writes the row). */
 static void test_bad_metadata(void **state)
 {
     (void)state;
     static const int ql[] = {2, 1, 1, 3}, ctx[] = {900, 300, 20, 2};
-    for (int kind = 0; kind < 4; kind++) {
+    for (int kind = 0; kind < 5; kind++) {
         batch b = make_batch(4, ql, ctx, 8, 2, 64, DUET_F32);
         const char *what = "";
         switch (kind) {
-        case 0: /* a bad block id in one later partition of a long sequence */
+        case 0: /* a bad block id in a later partition of a long sequence */
             b.tables[40] = b.num_blocks + 3;
-            what = "bad block id in partition 2";
+            what = "bad block id in a later partition";
             break;
         case 1: /* a negative block id in the first block */
             b.tables[b.max_blocks] = -7;
@@ -322,46 +377,154 @@ static void test_bad_metadata(void **state)
             b.lens[3] = 1;
             what = "seq_len below q_len";
             break;
+        case 4: /* a bad block id in a row of one partition (20 keys) */
+            b.tables[2 * b.max_blocks + 1] = b.num_blocks;
+            what = "bad block id, one partition";
+            break;
         }
         check_batch(what, &b);
         free_batch(&b);
     }
 }
 
+/* Every attention_split / attention_combine pipeline the device created
+ * carries its partition size (specialization constant 1 = log2(PART / 64)). */
+static void test_pipelines_follow_part(void **state)
+{
+    (void)state;
+    for (int v = 0; v < n_variants(); v++) {
+        const vk_ctx *c = variant(v)->d->ctx;
+        uint32_t shift = c->attn_part == 64 ? 0 : c->attn_part == 128 ? 1 : 2;
+        static const vk_shader shs[] = {VK_SH_ATTENTION_SPLIT, VK_SH_ATTENTION_SPLIT_SG,
+                                        VK_SH_ATTENTION_COMBINE};
+        int split_seen = 0, combine_seen = 0;
+        for (int i = 0; i < 3; i++)
+            for (uint32_t spec = 0; spec < VK_SPEC_VALUES; spec++) {
+                if (!c->pipes[shs[i]][spec])
+                    continue;
+                if (spec / 32 != shift)
+                    fail_msg("part %d: pipeline of shader %d with spec %u (constant 1 = %u)",
+                             c->attn_part, (int)shs[i], spec, spec / 32);
+                split_seen |= shs[i] != VK_SH_ATTENTION_COMBINE;
+                combine_seen |= shs[i] == VK_SH_ATTENTION_COMBINE;
+            }
+        assert_true(split_seen && combine_seen);
+    }
+}
+
+/* A value other than 64, 128 or 256 fails device creation, naming the
+ * variable, the value and the allowed values. */
+static void test_bad_part_env(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"96", "", "512", "64k"};
+    for (int i = 0; i < 4; i++) {
+        duet_device *d = NULL;
+        setenv("DUET_VK_ATTN_PART", bad[i], 1);
+        duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &d);
+        unsetenv("DUET_VK_ATTN_PART");
+        assert_int_equal(rc, DUET_ERR_INVALID_ARG);
+        assert_null(d);
+        char want[64];
+        snprintf(want, sizeof want, "DUET_VK_ATTN_PART='%s'", bad[i]);
+        if (!strstr(duet_last_error(), want) || !strstr(duet_last_error(), "64, 128 or 256"))
+            fail_msg("DUET_VK_ATTN_PART=%s: the message was '%s'", bad[i], duet_last_error());
+    }
+}
+
 /* ---- main ------------------------------------------------------------------------ */
+
+/* Open vk (DUET_VK_ATTENTION=split) and, where it took the subgroup
+ * reductions, vk_shared (=split-shared), with DUET_VK_ATTN_PART=part (NULL:
+ * unset). 0, or 1 with a message. */
+static int open_devices(const char *part)
+{
+    int rc = 0;
+    vk_shared.d = NULL;
+    setenv("DUET_VK_ATTENTION", "split", 1);
+    if (part)
+        setenv("DUET_VK_ATTN_PART", part, 1);
+    if (!vk.d && (duet_vulkan_device_create(-1, NULL, 1, &vk.d) ||
+                  duet_dev_stream_create(vk.d, &vk.s)))
+        rc = 1;
+    if (!rc && split_mode(&vk) == 2) {
+        setenv("DUET_VK_ATTENTION", "split-shared", 1);
+        if (duet_vulkan_device_create(-1, NULL, 1, &vk_shared.d) ||
+            duet_dev_stream_create(vk_shared.d, &vk_shared.s))
+            rc = 1;
+    }
+    unsetenv("DUET_VK_ATTENTION");
+    unsetenv("DUET_VK_ATTN_PART");
+    if (rc)
+        fprintf(stderr, "test_vulkan_attention: setup failed: %s\n", duet_last_error());
+    return rc;
+}
+
+/* Close vk_shared and, unless keep_vk, vk; 1 if either had validation
+ * messages. */
+static int close_devices(int keep_vk)
+{
+    int validation = 0;
+    side *all[2] = {&vk_shared, keep_vk ? NULL : &vk};
+    for (int i = 0; i < 2; i++) {
+        if (!all[i] || !all[i]->d)
+            continue;
+        duet_dev_stream_destroy(all[i]->d, all[i]->s);
+        validation |= duet_vulkan_validation_errors(all[i]->d) != 0;
+        duet_device_close(all[i]->d);
+        all[i]->d = NULL;
+    }
+    return validation;
+}
 
 int main(void)
 {
+    unsetenv("DUET_VK_ATTN_PART"); /* the first group checks the default */
     setenv("DUET_VK_ATTENTION", "split", 1);
     int rc = vk_fixture_open("test_vulkan_attention", &vk, &cpu);
     if (rc)
         return rc;
-    vk_shared.d = NULL;
-    if (split_mode(&vk) == 2) {
-        setenv("DUET_VK_ATTENTION", "split-shared", 1);
-        if (duet_vulkan_device_create(-1, NULL, 1, &vk_shared.d) ||
-            duet_dev_stream_create(vk_shared.d, &vk_shared.s)) {
-            fprintf(stderr, "test_vulkan_attention: setup failed: %s\n", duet_last_error());
-            return 1;
-        }
-    }
-    unsetenv("DUET_VK_ATTENTION");
-    const struct CMUnitTest tests[] = {
+    if (open_devices(NULL))
+        return 1;
+    const struct CMUnitTest every[] = {
         cmocka_unit_test(test_selection),
         cmocka_unit_test(test_decode_contexts),
+        cmocka_unit_test(test_long_context),
         cmocka_unit_test(test_scalar_loads),
         cmocka_unit_test(test_single_partition),
         cmocka_unit_test(test_wide_table),
         cmocka_unit_test(test_mixed_batch),
+        cmocka_unit_test(test_mixed_short),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_bad_metadata),
+        cmocka_unit_test(test_pipelines_follow_part),
+        cmocka_unit_test(test_bad_part_env),
     };
-    int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    int shared_validation = 0;
-    if (vk_shared.d) {
-        duet_dev_stream_destroy(vk_shared.d, vk_shared.s);
-        shared_validation = duet_vulkan_validation_errors(vk_shared.d);
-        duet_device_close(vk_shared.d);
+    /* 128 and 256 keys per partition: the tests whose cuts depend on it. */
+    const struct CMUnitTest per_part[] = {
+        cmocka_unit_test(test_decode_contexts),
+        cmocka_unit_test(test_single_partition),
+        cmocka_unit_test(test_mixed_short),
+        cmocka_unit_test(test_batch_invariance),
+        cmocka_unit_test(test_bad_metadata),
+        cmocka_unit_test(test_pipelines_follow_part),
+    };
+    int failed = cmocka_run_group_tests_name("part 64 (default)", every, NULL, NULL);
+    int validation = close_devices(1);
+    static const char *const parts[] = {"128", "256"};
+    for (int i = 0; i < 2 && !validation; i++) {
+        validation |= close_devices(0);
+        if (open_devices(parts[i]))
+            return 1;
+        if (part_of(&vk) != atoi(parts[i])) {
+            fprintf(stderr, "test_vulkan_attention: DUET_VK_ATTN_PART=%s gave %d\n", parts[i],
+                    part_of(&vk));
+            return 1;
+        }
+        char name[32];
+        snprintf(name, sizeof name, "part %s", parts[i]);
+        failed += cmocka_run_group_tests_name(name, per_part, NULL, NULL);
+        validation |= close_devices(1);
     }
-    return vk_fixture_close(&vk, &cpu, failed) || shared_validation ? 1 : 0;
+    return vk_fixture_close(&vk, &cpu, failed) || validation ? 1 : 0;
 }
