@@ -16,8 +16,10 @@
 #      profiled too
 #   6. the BF16 decode of step 4 at batch 1, 8, 64 again with one weight row
 #      per decode-matmul workgroup (DUET_VK_VEC_ROWS=1; the default is 4)
-#   7. conform on a SmolLM2-135M-shaped dummy (Q4_1), if time is left
-#   8. Q4_0 batch-1 decode through the tiled matmul, if time is left
+#   7. the same with 256 keys per split-K attention partition
+#      (DUET_VK_ATTN_PART=256; the default is 64)
+#   8. conform on a SmolLM2-135M-shaped dummy (Q4_1), if time is left
+#   9. Q4_0 batch-1 decode through the tiled matmul, if time is left
 # Every step has a timeout; a failed step is reported and the rest still
 # run. A table comes last, then where batch-1 decode spends its GPU time
 # (BF16 and Q4_0); JSON and logs go to $DUET_RESULTS (default
@@ -190,6 +192,11 @@ run forward-q4 60 forward-q4.json "$duet" bench forward --device vulkan --json -
 # takes 4 and reads each activation run once for all of them).
 run forward-rows1 60 forward-rows1.json env DUET_VK_VEC_ROWS=1 "$duet" bench forward \
   --device vulkan --json "${fwd_model[@]}" "${fwd_args[@]}" --prefill 0
+# The BF16 decode with 256 keys per split-K attention partition (the default
+# is 64: at batch 1 and context 512, 64 workgroups of one 64-key tile each
+# instead of 16 walking 4 tiles in turn).
+run forward-part256 60 forward-part256.json env DUET_VK_ATTN_PART=256 "$duet" bench forward \
+  --device vulkan --json "${fwd_model[@]}" "${fwd_args[@]}" --prefill 0
 if [ "$quick" = 0 ]; then
   run conform-smollm 60 - "$duet" conform --backends cpu,vulkan --ops model \
     --model-config smollm2-135m --dummy-dtype q4_1 --dummy-seed 1 --json "$results/conform-smollm.json"
@@ -293,6 +300,7 @@ if fw:
 for step, key, label in (("forward-tiled", "forward_tiled", "decode %d, tiled mm"),
                          ("forward-q4", "forward_q4", "decode %d, q4_0"),
                          ("forward-rows1", "forward_rows1", "decode %d, vec rows 1"),
+                         ("forward-part256", "forward_part256", "decode %d, attn part 256"),
                          ("forward-q4-tiled", "forward_q4_tiled", "decode %d, q4_0 tiled")):
     ft = load(step + ".json")
     summary[key] = ft

@@ -65,7 +65,7 @@ if "$duet" devices --json >"$tmp/dev.json" 2>/dev/null &&
 assert d["quick"] is True
 assert [s["step"] for s in d["steps"]] == ["devices", "bandwidth", "conform-ops", "conform-model", "forward",
                                           "forward-tiled", "forward-q4", "forward-rows1",
-                                          "forward-q4-tiled"]
+                                          "forward-part256", "forward-q4-tiled"]
 assert all(s["status"] == "OK" for s in d["steps"]), d["steps"]
 assert d["bandwidth"]["copy_gbps_median"] > 0
 assert d["conform-ops"]["summary"]["fail"] == 0 and d["conform-ops"]["summary"]["pass"] > 50
@@ -81,6 +81,8 @@ assert all(0 < x["fraction_of_copy"] for x in d["forward_q4"]["decode"])
 assert [x["batch"] for x in d["forward_q4_tiled"]["decode"]] == [1]
 assert [x["batch"] for x in d["forward_rows1"]["decode"]] == [1, 8, 64]
 assert d["forward_rows1"].get("prefill") is None, d["forward_rows1"].get("prefill")
+assert [x["batch"] for x in d["forward_part256"]["decode"]] == [1, 8, 64]
+assert d["forward_part256"].get("prefill") is None
 # --profile on steps 4 and 5 only: every decode batch (and the prefill) of
 # those, 4 profiled steps each, one recording per step (the prefill: one per
 # chunk), the shares of the kinds summing to at most 1, a matmul kind present.
@@ -96,7 +98,7 @@ def check_profile(p, steps):
 for x in d["forward"]["decode"] + d["forward_q4"]["decode"]:
     check_profile(x["profile"], 4)
 check_profile(d["forward"]["prefill"]["profile"], 2)  # 256 tokens in chunks of 128
-for k in ("forward_tiled", "forward_rows1", "forward_q4_tiled"):
+for k in ("forward_tiled", "forward_rows1", "forward_part256", "forward_q4_tiled"):
     assert all("profile" not in x for x in d[k]["decode"]), k
 ' "$tmp/res/summary.json" 2>"$tmp/err"; then
     ok "gpu-check.sh --quick on $(py_json "$tmp/dev.json" 'print([x["name"] for x in d["devices"] if x["backend"] == "vulkan"][0])' "$tmp/dev.json")"
