@@ -300,7 +300,7 @@ if fw:
 for step, key, label in (("forward-tiled", "forward_tiled", "decode %d, tiled mm"),
                          ("forward-q4", "forward_q4", "decode %d, q4_0"),
                          ("forward-rows1", "forward_rows1", "decode %d, vec rows 1"),
-                         ("forward-part256", "forward_part256", "decode %d, attn part 256"),
+                         ("forward-part256", "forward_part256", "decode %d, part 256"),
                          ("forward-q4-tiled", "forward_q4_tiled", "decode %d, q4_0 tiled")):
     ft = load(step + ".json")
     summary[key] = ft
