@@ -3,7 +3,9 @@
  * device wrappers: hand cases (one key, causal mask, GQA), a shuffled paged
  * layout against naive contiguous attention written here, fast vs reference
  * over head shapes, F32/F16 caches and mixed prefill + decode batches,
- * batch and thread-count invariance (bitwise), bad metadata.
+ * batch and thread-count invariance (bitwise), bad metadata, the
+ * max_seq_len bound (no bit changes at or above every seq_len; NaN rows
+ * past it).
  *
  * Expected values come from the test itself, never from the code under
  * test; device outputs are poisoned with NaN before every run.

@@ -8,7 +8,9 @@
  * head_dim 64/128 (and 34/36: no 16-byte loads), mixed prefill + decode
  * batches (a wide grid that takes two token chunks), a table wide enough
  * that the partials buffer grows, batch invariance (a row alone and in a batch
- * of 11 give the same bits), NaN rows for bad metadata. Both reduction
+ * of 11 give the same bits), NaN rows for bad metadata, and the
+ * max_seq_len bound (the grid follows it: fewer commands on a wide table,
+ * the same bits; rows past it NaN, on the default path too). Both reduction
  * variants run: subgroup (where the device reports subgroup arithmetic)
  * and shared memory. Scores are spread wide (|q| up to 8) so partitions
  * have different maxima and a wrong rescale in the combine shows.
