@@ -417,6 +417,10 @@ duet_status duet_dev_attention(duet_device *d, duet_stream *s, const duet_attent
         rc = duet_error(DUET_ERR_INVALID_ARG,
                         "attention: n_heads %d is not a multiple of n_kv_heads %d", a->n_heads,
                         a->n_kv_heads);
+    if (rc == DUET_OK && a->max_seq_len < 0)
+        rc = duet_error(DUET_ERR_INVALID_ARG,
+                        "attention: max_seq_len is %d; it must be >= 0 (0 = no bound)",
+                        a->max_seq_len);
     uint64_t qrow = 4ull * a->n_heads * a->head_dim;
     uint64_t cache = cache_elem_bytes(a->cache_type) * a->num_blocks * a->block_size *
                      a->n_kv_heads * a->head_dim;

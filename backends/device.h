@@ -44,7 +44,9 @@
 #include "duet.h"
 #include "dtype.h"
 
-#define DUET_DEVICE_OPS_VERSION 3 /* 3: the fused forms (rms_norm residual, matmul w_up, kv_write rope) */
+/* 3: the fused forms (rms_norm residual, matmul w_up, kv_write rope);
+ * 4: attention's max_seq_len bound. */
+#define DUET_DEVICE_OPS_VERSION 4
 
 typedef struct duet_buffer duet_buffer; /* backend-defined */
 typedef struct duet_stream duet_stream; /* backend-defined */
@@ -160,6 +162,16 @@ typedef struct duet_attention_args {
     int n_tokens, n_seqs, n_heads, n_kv_heads, head_dim;
     int num_blocks, block_size, max_blocks_per_seq;
     float scale;               /* usually 1/sqrt(head_dim) */
+    int max_seq_len;           /* >= 0: an upper bound of this call's seq_lens,
+                                  so a backend can size its work by the
+                                  batch's longest sequence instead of the
+                                  table width; 0 = max_blocks_per_seq *
+                                  block_size. A sequence whose seq_len
+                                  exceeds a nonzero bound is bad metadata:
+                                  its rows are NaN on every backend. A bound
+                                  above the table width is allowed (the
+                                  width still limits). It never changes the
+                                  bits of a valid row. */
 } duet_attention_args;
 
 typedef struct duet_swiglu_args {

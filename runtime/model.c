@@ -413,6 +413,11 @@ static duet_status layer(duet_runner *r, const duet_batch *b, int l)
         rc = duet_dev_kv_write(d, r->stream, &a);
     }
     if (!rc) {
+        /* The batch's longest context bounds the op's work (the Vulkan
+         * split-K grid and partials), not the table width (max_model_len). */
+        int longest = 0;
+        for (int s = 0; s < b->n_seqs; s++)
+            longest = b->seq_lens[s] > longest ? b->seq_lens[s] : longest;
         duet_attention_args a = {
             .q = S(r, r->q), .k_cache = k_cache, .v_cache = v_cache,
             .block_tables = S(r, r->tables), .seq_lens = S(r, r->seq_lens),
@@ -421,7 +426,7 @@ static duet_status layer(duet_runner *r, const duet_batch *b, int l)
             .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
             .num_blocks = r->o.num_blocks, .block_size = r->o.block_size,
             .max_blocks_per_seq = r->o.max_blocks_per_seq,
-            .scale = 1.0f / sqrtf((float)c->head_dim),
+            .scale = 1.0f / sqrtf((float)c->head_dim), .max_seq_len = longest,
         };
         rc = duet_dev_attention(d, r->stream, &a);
     }

@@ -14,6 +14,7 @@ BUF_WO(3, outb)
 layout(push_constant) uniform PC {
     uint n_tokens, n_seqs, n_heads, head_dim, block_size, max_blocks;
     uint sl_off, qsl_off, o_off, t0, n_parts, p_off;
+    uint max_len; // max_seq_len: 0 = none
 } pc;
 
 // log2 of the tiles per partition, as in attention_split.glsl: PART = 64,
@@ -41,7 +42,8 @@ void main()
     int q_len = qsl_at(uint(seq) + 1u) - qsl_at(uint(seq));
     int seq_len = int(seq_lens[pc.sl_off + uint(seq)]);
     int blocks = (seq_len + int(pc.block_size) - 1) / int(pc.block_size);
-    if (seq_len < q_len || blocks > int(pc.max_blocks))
+    if (seq_len < q_len || blocks > int(pc.max_blocks) ||
+        (pc.max_len != 0u && seq_len > int(pc.max_len)))
         return;
     uint pos = uint(seq_len - q_len) + (t - uint(qsl_at(uint(seq))));
     uint np = pos / PART + 1u;

@@ -41,6 +41,7 @@ layout(push_constant) uniform PC {
     uint num_blocks, block_size, max_blocks;
     float scale;
     uint q_off, k_off, v_off, bt_off, sl_off, qsl_off, o_off;
+    uint max_len; // max_seq_len: 0 = none; a longer seq_len is bad metadata
     uint t0, n_parts, p_off;
 } pc;
 
@@ -176,7 +177,8 @@ void main()
         q_len = qsl_at(uint(seq) + 1u) - qsl_at(uint(seq));
         seq_len = int(seq_lens[pc.sl_off + uint(seq)]);
         int blocks = (seq_len + int(pc.block_size) - 1) / int(pc.block_size);
-        if (seq_len < q_len || blocks > int(pc.max_blocks))
+        if (seq_len < q_len || blocks > int(pc.max_blocks) ||
+            (pc.max_len != 0u && seq_len > int(pc.max_len)))
             seq = -1;
     }
     if (seq < 0) {

@@ -530,7 +530,9 @@ static void *rand_cache(arena *ar, rng_state *g, size_t n, int f16)
 
 /* Mixed batches: a chunked prefill after context, decodes (one of them the
  * first token of a sequence), a fresh prefill; GQA (8 query heads on 2 or
- * 1 KV heads); pages scattered over the cache. */
+ * 1 KV heads); pages scattered over the cache. The 1-KV-head cases pass the
+ * batch's longest context as max_seq_len (as the runner does), the others
+ * no bound. */
 static duet_status cases_attention(conform_run *r, rng_state *g)
 {
     static const int q_lens[] = {5, 1, 1, 9}, seq_lens[] = {21, 70, 1, 9};
@@ -563,6 +565,8 @@ static duet_status cases_attention(conform_run *r, rng_state *g)
             for (int s = 0; s < N_SEQS; s++) {
                 qsl[s + 1] = qsl[s] + q_lens[s];
                 lens[s] = seq_lens[s];
+                if (h == 1 && seq_lens[s] > a.max_seq_len)
+                    a.max_seq_len = seq_lens[s];
                 int need = (seq_lens[s] + BLOCK - 1) / BLOCK;
                 for (int b = 0; b < MAX_BLOCKS; b++)
                     tables[s * MAX_BLOCKS + b] = b < need ? perm[next++] : -1;
@@ -579,6 +583,9 @@ static duet_status cases_attention(conform_run *r, rng_state *g)
                               .n_bufs = 7};
             snprintf(c.shape, sizeof c.shape, "seqs=%d tokens=%d heads=%d/%d head_dim=%d",
                      N_SEQS, a.n_tokens, a.n_heads, a.n_kv_heads, a.head_dim);
+            if (a.max_seq_len)
+                snprintf(c.shape + strlen(c.shape), sizeof c.shape - strlen(c.shape),
+                         " bound=%d", a.max_seq_len);
             c.bufs[0] = buf_in(q, qn * sizeof(float));
             c.bufs[1] = buf_in(kc, n_cache * (f16 ? 2 : 4));
             c.bufs[2] = buf_in(vc, n_cache * (f16 ? 2 : 4));

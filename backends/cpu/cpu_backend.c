@@ -250,7 +250,8 @@ static void exec_cmd(cpu_device *d, duet_stream *s, const cmd *c)
                            cpu_ptr(a->block_tables), cpu_ptr(a->seq_lens),
                            cpu_ptr(a->query_start_loc), cpu_ptr(a->out), a->cache_type,
                            a->n_tokens, a->n_seqs, a->n_heads, a->n_kv_heads, a->head_dim,
-                           a->num_blocks, a->block_size, a->max_blocks_per_seq, a->scale};
+                           a->num_blocks, a->block_size, a->max_blocks_per_seq, a->scale,
+                           a->max_seq_len};
         ref ? duet_cpu_attention_ref(&k) : duet_cpu_attention_fast(pool, &k);
         break;
     }

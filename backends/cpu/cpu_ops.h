@@ -27,8 +27,9 @@
  *  - attention: NaN rows for every token if query_start_loc is not
  *    non-decreasing within [0, n_tokens]; for tokens outside
  *    [query_start_loc[0], query_start_loc[n_seqs]) (padding); for the
- *    tokens of a sequence with seq_len < q_len or a context needing more
- *    than max_blocks_per_seq blocks; and for the query heads whose context
+ *    tokens of a sequence with seq_len < q_len, seq_len above a nonzero
+ *    max_seq_len or a context needing more than max_blocks_per_seq
+ *    blocks; and for the query heads whose context
  *    reads a block id outside [0, num_blocks).
  *
  * The fast attention kernel handles head_dim a multiple of 8 up to 256 and
@@ -96,6 +97,7 @@ typedef struct cpu_attention {
     int n_tokens, n_seqs, n_heads, n_kv_heads, head_dim;
     int num_blocks, block_size, max_blocks_per_seq;
     float scale;
+    int max_seq_len;               /* 0 = none; a longer seq_len is bad */
 } cpu_attention;
 
 typedef struct cpu_swiglu {
@@ -120,8 +122,8 @@ typedef struct cpu_gather_rows {
 /* Attention batch metadata checks shared by both kernels.
  * qsl_ok: query_start_loc is non-decreasing from >= 0 to <= n_tokens (so
  * the sequences' token ranges are disjoint); when it is not, every output
- * is NaN. seq_ok: sequence s has 0 <= q_len <= seq_len and its context
- * fits in max_blocks_per_seq blocks. */
+ * is NaN. seq_ok: sequence s has 0 <= q_len <= seq_len, seq_len within a
+ * nonzero max_seq_len, and its context fits in max_blocks_per_seq blocks. */
 int duet_cpu_attention_qsl_ok(const cpu_attention *a);
 int duet_cpu_attention_seq_ok(const cpu_attention *a, int s);
 /* Fill rows [lo, hi) of [n][width] floats with NaN. */

@@ -160,7 +160,8 @@ int duet_cpu_attention_seq_ok(const cpu_attention *a, int s)
     int q_len = a->query_start_loc[s + 1] - a->query_start_loc[s];
     int64_t seq_len = a->seq_lens[s];
     int64_t blocks = (seq_len + a->block_size - 1) / a->block_size;
-    return q_len >= 0 && seq_len >= q_len && blocks <= a->max_blocks_per_seq;
+    return q_len >= 0 && seq_len >= q_len && blocks <= a->max_blocks_per_seq &&
+           (a->max_seq_len == 0 || seq_len <= a->max_seq_len);
 }
 
 /* Element d of cache row (pos, kv_head) of sequence s, or NAN (with *bad

@@ -478,6 +478,7 @@ typedef struct attn_pc {
     uint32_t num_blocks, block_size, max_blocks;
     float scale;
     uint32_t q_off, k_off, v_off, bt_off, sl_off, qsl_off, o_off;
+    uint32_t max_len;            /* max_seq_len: 0 = none */
     uint32_t t0, n_parts, p_off; /* split-K only */
 } attn_pc;
 
@@ -518,7 +519,11 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
 {
     duet_status rc = DUET_OK;
     uint64_t D = (uint64_t)a->head_dim;
+    /* The longest row the call can hold: the table width, or the caller's
+     * bound when it is smaller (a longer row is NaN at partition 0). */
     uint64_t keys = (uint64_t)a->max_blocks_per_seq * a->block_size;
+    if (a->max_seq_len > 0 && (uint64_t)a->max_seq_len < keys)
+        keys = (uint64_t)a->max_seq_len;
     uint64_t part = (uint64_t)c->attn_part;
     uint64_t n_parts = keys > part ? ceil_div(keys, part) : 1;
     /* Both shaders' constant 1: log2 of the 64-key tiles per partition. */
@@ -565,9 +570,9 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
         vk_binding cb[4] = {b[7], b[4], b[5], b[6]};
         struct {
             uint32_t n_tokens, n_seqs, n_heads, head_dim, block_size, max_blocks;
-            uint32_t sl_off, qsl_off, o_off, t0, n_parts, p_off;
+            uint32_t sl_off, qsl_off, o_off, t0, n_parts, p_off, max_len;
         } cpc = {pc.n_tokens, pc.n_seqs, pc.n_heads, pc.head_dim, pc.block_size, pc.max_blocks,
-                 pc.sl_off, pc.qsl_off, pc.o_off, pc.t0, pc.n_parts, pc.p_off};
+                 pc.sl_off, pc.qsl_off, pc.o_off, pc.t0, pc.n_parts, pc.p_off, pc.max_len};
         rc = duet_vk_dispatch(c, s, VK_SH_ATTENTION_COMBINE, part_spec, cb, 4, &cpc, sizeof cpc,
                               (uint32_t)a->n_heads, (uint32_t)cnt, 1);
     }
@@ -592,7 +597,7 @@ duet_status duet_vk_attention(void *ctx, duet_stream *s, const duet_attention_ar
     attn_pc pc = {(uint32_t)a->n_tokens, (uint32_t)a->n_seqs, (uint32_t)a->n_heads,
                   (uint32_t)a->n_kv_heads, (uint32_t)a->head_dim, (uint32_t)a->num_blocks,
                   (uint32_t)a->block_size, (uint32_t)a->max_blocks_per_seq, a->scale,
-                  0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+                  0, 0, 0, 0, 0, 0, 0, (uint32_t)a->max_seq_len, 0, 0, 0};
     if ((rc = duet_vk_bind_words(c, "attention", "q", a->q, 0, qbytes, &b[0], &pc.q_off)) ||
         (rc = duet_vk_bind_words(c, "attention", "k_cache", a->k_cache, 0, cache, &b[1],
                                  &pc.k_off)) ||

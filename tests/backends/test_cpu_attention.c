@@ -3,7 +3,9 @@
  * device wrappers: hand cases (one key, causal mask, GQA), a shuffled paged
  * layout against naive contiguous attention written here, fast vs reference
  * over head shapes, F32/F16 caches and mixed prefill + decode batches,
- * batch and thread-count invariance (bitwise), bad metadata.
+ * batch and thread-count invariance (bitwise), bad metadata, the
+ * max_seq_len bound (no bit changes at or above every seq_len; NaN rows
+ * past it).
  *
  * Expected values come from the test itself, never from the code under
  * test; device outputs are poisoned with NaN before every run.
@@ -18,6 +20,7 @@ typedef struct attn_case {
     const void *k_cache, *v_cache;  /* [num_blocks][block_size][n_kv_heads][head_dim] */
     const int32_t *block_tables, *seq_lens, *qsl;
     float scale;
+    int max_seq_len; /* 0 = no bound */
 } attn_case;
 
 static size_t cache_bytes(const attn_case *c)
@@ -39,7 +42,7 @@ static void run_attention(fx *f, const attn_case *c, float *out)
     duet_attention_args a = {at(bq), at(bk), at(bv), at(bt), at(bl), at(bs), at(bo),
                              c->cache_type, c->n_tokens, c->n_seqs, c->n_heads,
                              c->n_kv_heads, c->head_dim, c->num_blocks, c->block_size,
-                             c->max_blocks, c->scale};
+                             c->max_blocks, c->scale, c->max_seq_len};
     assert_int_equal(duet_dev_attention(f->d, f->s, &a), DUET_OK);
     fx_finish(f, bo, out, qn);
     duet_buffer *all[] = {bq, bo, bk, bv, bt, bl, bs};
@@ -178,7 +181,7 @@ static attn_batch batch_new(int n_seqs, const int *seq_lens, const int *q_lens, 
     free(perm);
     b.c = (attn_case){n_tokens, n_seqs, n_heads, n_kv, hd, total_blocks, bs, max_blocks,
                       type, b.q, b.m.k, b.m.v, b.tables, b.seq_lens, b.qsl,
-                      (float)(1.0 / sqrt(hd))};
+                      (float)(1.0 / sqrt(hd)), 0};
     return b;
 }
 
@@ -406,6 +409,65 @@ static void test_attention_bad_metadata(void **state)
     }
 }
 
+/* max_seq_len: a bound at or above every seq_len (the longest, or wider
+ * than the table) changes no bit; below one sequence's seq_len it makes
+ * that sequence's rows NaN and leaves the others' bits alone. A negative
+ * bound is an argument error. */
+static void test_attention_bound(void **state)
+{
+    (void)state;
+    int seq_len[] = {20, 9, 33}, q_len[] = {2, 1, 3};
+    for (int dev = 0; dev < 2; dev++) {
+        attn_batch b = batch_new(3, seq_len, q_len, 4, 2, 16, 4, DUET_F32);
+        size_t n = attn_out_len(&b.c), row = 4 * 16;
+        float *want = malloc(4 * n), *out = malloc(4 * n);
+        fx f = fx_open(2, dev == 0);
+        run_attention(&f, &b.c, want);
+        assert_all_finite(want, n);
+        static const int fine[] = {33, 34, 1000, 1 << 30};
+        for (int i = 0; i < 4; i++) {
+            b.c.max_seq_len = fine[i];
+            run_attention(&f, &b.c, out);
+            if (memcmp(out, want, 4 * n) != 0)
+                fail_msg("%s, bound %d: the bits differ from no bound",
+                         dev == 0 ? "reference" : "fast", fine[i]);
+        }
+        /* 20: sequence 2 (33 keys, rows 3..5) is bad; exactly 20 is fine. */
+        b.c.max_seq_len = 20;
+        run_attention(&f, &b.c, out);
+        assert_memory_equal(out, want, 4 * 3 * row);
+        for (size_t i = 3 * row; i < n; i++)
+            assert_true(isnan(out[i]));
+        /* 8: every sequence is longer: every row NaN. */
+        b.c.max_seq_len = 8;
+        run_attention(&f, &b.c, out);
+        for (size_t i = 0; i < n; i++)
+            assert_true(isnan(out[i]));
+        fx_close(&f);
+        free(want), free(out);
+        batch_free(&b);
+    }
+    /* A negative bound: the wrapper refuses it, naming the field. */
+    attn_batch b = batch_new(1, seq_len, q_len, 4, 2, 16, 4, DUET_F32);
+    fx f = fx_open(1, 1);
+    size_t qn = 4ull * b.c.n_tokens * 4 * 16;
+    duet_buffer *bq = fx_buf(&f, b.c.q, qn), *bo = fx_buf(&f, NULL, qn);
+    duet_buffer *bk = fx_buf(&f, b.c.k_cache, cache_bytes(&b.c));
+    duet_buffer *bt = fx_buf(&f, b.c.block_tables, 4ull * b.c.max_blocks);
+    duet_buffer *bl = fx_buf(&f, b.c.seq_lens, 4), *bs = fx_buf(&f, b.c.qsl, 8);
+    fx_begin(&f);
+    duet_attention_args a = {at(bq), at(bk), at(bk), at(bt), at(bl), at(bs), at(bo),
+                             DUET_F32, b.c.n_tokens, 1, 4, 2, 16, b.c.num_blocks, 4,
+                             b.c.max_blocks, b.c.scale, -1};
+    assert_int_equal(duet_dev_attention(f.d, f.s, &a), DUET_ERR_INVALID_ARG);
+    assert_non_null(strstr(duet_last_error(), "max_seq_len is -1"));
+    duet_buffer *all[] = {bq, bo, bk, bt, bl, bs};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        duet_dev_buffer_free(f.d, all[i]);
+    fx_close(&f);
+    batch_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -416,6 +478,7 @@ int main(void)
         cmocka_unit_test(test_attention_fast_vs_ref),
         cmocka_unit_test(test_attention_batch_invariance),
         cmocka_unit_test(test_attention_bad_metadata),
+        cmocka_unit_test(test_attention_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

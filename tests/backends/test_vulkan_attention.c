@@ -8,7 +8,9 @@
  * head_dim 64/128 (and 34/36: no 16-byte loads), mixed prefill + decode
  * batches (a wide grid that takes two token chunks), a table wide enough
  * that the partials buffer grows, batch invariance (a row alone and in a batch
- * of 11 give the same bits), NaN rows for bad metadata. Both reduction
+ * of 11 give the same bits), NaN rows for bad metadata, and the
+ * max_seq_len bound (the grid follows it: fewer commands on a wide table,
+ * the same bits; rows past it NaN, on the default path too). Both reduction
  * variants run: subgroup (where the device reports subgroup arithmetic)
  * and shared memory. Scores are spread wide (|q| up to 8) so partitions
  * have different maxima and a wrong rescale in the combine shows.
@@ -49,6 +51,7 @@ typedef struct batch {
     int32_t *qsl, *lens, *tables; /* [n_seqs + 1], [n_seqs], [n_seqs][max_blocks] */
     float *q;                     /* [n_tokens][n_heads][head_dim] */
     void *kc, *vc;                /* [num_blocks][block_size][n_kv_heads][head_dim] */
+    int max_seq_len;              /* the op's bound; 0 = none */
 } batch;
 
 static size_t cache_bytes(const batch *b)
@@ -65,7 +68,7 @@ static batch make_batch(int n_seqs, const int *q_lens, const int *seq_lens, int 
                         int n_kv_heads, int head_dim, duet_dtype ct)
 {
     batch b = {n_seqs, n_heads, n_kv_heads, head_dim, 16, 1, 1, ct, 0, NULL, NULL, NULL, NULL,
-               NULL, NULL};
+               NULL, NULL, 0};
     b.qsl = malloc(4ull * (n_seqs + 1));
     b.lens = malloc(4ull * n_seqs);
     b.qsl[0] = 0;
@@ -135,7 +138,7 @@ static void run(side *x, const batch *b, float *out, int *commands)
                              vk_at(bs), vk_at(bo), b->cache_type, b->n_tokens, b->n_seqs,
                              b->n_heads, b->n_kv_heads, b->head_dim, b->num_blocks,
                              b->block_size, b->max_blocks,
-                             1.0f / sqrtf((float)b->head_dim)};
+                             1.0f / sqrtf((float)b->head_dim), b->max_seq_len};
     assert_int_equal(duet_dev_attention(x->d, x->s, &a), DUET_OK);
     if (commands)
         *commands = x->s->n_commands;
@@ -153,11 +156,20 @@ static int split_mode(const side *x) { return ((const vk_ctx *)x->d->ctx)->caps.
 /* Keys per partition on the devices under test (both variants agree). */
 static int part_of(const side *x) { return ((const vk_ctx *)x->d->ctx)->attn_part; }
 
-/* Split + combine pairs the host must record for b: chunks of tokens whose
- * partials fit SCRATCH, at least one token each. */
-static int expected_pairs(const batch *b, int part)
+/* The keys of b's longest possible row: the table width, or the bound
+ * when it is smaller. */
+static long bound_keys(const batch *b)
 {
     long keys = (long)b->max_blocks * b->block_size;
+    return b->max_seq_len > 0 && b->max_seq_len < keys ? b->max_seq_len : keys;
+}
+
+/* Split + combine pairs the host must record for b: chunks of tokens whose
+ * partials fit SCRATCH, at least one token each; the partition grid
+ * follows the bound. */
+static int expected_pairs(const batch *b, int part)
+{
+    long keys = bound_keys(b);
     long parts = (keys + part - 1) / part;
     long per_token = 4L * b->n_heads * parts * (b->head_dim + 2);
     long budget = (long)SCRATCH * 256 / part;
@@ -187,7 +199,7 @@ static int check_batch(const char *what, const batch *b)
                  split_mode(variant(v)) == 2 ? "subgroup" : "shared", part, b->n_heads,
                  b->n_kv_heads, b->head_dim, b->cache_type == DUET_F16 ? "F16" : "F32");
         vk_assert_match(msg, got, want, n, 5e-4);
-        int multi = b->max_blocks * b->block_size > part;
+        int multi = bound_keys(b) > part;
         if (commands != (multi ? 2 * expected_pairs(b, part) : 1))
             fail_msg("%s: %d commands recorded; the split path records %s (%d)", msg, commands,
                      multi ? "split + combine pairs" : "one split dispatch",
@@ -198,6 +210,72 @@ static int check_batch(const char *what, const batch *b)
     }
     free(want), free(got);
     return commands;
+}
+
+/* The default-path device (DUET_VK_ATTENTION=basic: attention.comp), for
+ * the max_seq_len checks; NULL device when it could not be opened. */
+static side vk_basic;
+
+/* Widen b's block table to width blocks (entries past a row's blocks -1),
+ * as the engine's max_model_len does. */
+static void widen(batch *b, int width)
+{
+    int32_t *t = malloc(4ull * b->n_seqs * width);
+    for (int s = 0; s < b->n_seqs; s++)
+        for (int i = 0; i < width; i++)
+            t[s * width + i] = i < b->max_blocks ? b->tables[s * b->max_blocks + i] : -1;
+    free(b->tables);
+    b->tables = t;
+    b->max_blocks = width;
+}
+
+/* b (no bound of its own) with max_seq_len = bound on every split variant
+ * and on the default path: NaN exactly where the CPU reference has it with
+ * the bound, NMSE against it elsewhere, and every valid row bitwise equal
+ * to the same device's row without the bound. On the split variants the
+ * recording is checked against the bounded grid; *with and *without (NULL
+ * to skip): the commands the last split variant recorded with and without
+ * the bound. */
+static void check_bound(const char *what, batch *b, int bound, int *with, int *without)
+{
+    size_t n = out_floats(b);
+    float *want = malloc(4 * n), *free_run = malloc(4 * n), *got = malloc(4 * n);
+    int c_with = 0, c_without = 0;
+    b->max_seq_len = bound;
+    run(&cpu, b, want, NULL);
+    for (int v = 0; v < n_variants() + 1; v++) {
+        side *x = v < n_variants() ? variant(v) : &vk_basic;
+        if (!x->d)
+            continue;
+        int part = part_of(x), split = v < n_variants();
+        char msg[200];
+        snprintf(msg, sizeof msg, "%s, bound %d [%s, part %d]", what, bound,
+                 !split ? "default path" : split_mode(x) == 2 ? "subgroup" : "shared", part);
+        b->max_seq_len = 0;
+        run(x, b, free_run, &c_without);
+        b->max_seq_len = bound;
+        run(x, b, got, &c_with);
+        vk_assert_match(msg, got, want, n, 5e-4);
+        for (size_t i = 0; i < n; i++)
+            if (!isnan(want[i]) && memcmp(&got[i], &free_run[i], 4) != 0)
+                fail_msg("%s: element %zu is %.9g with the bound, %.9g without", msg, i,
+                         got[i], free_run[i]);
+        int multi = bound_keys(b) > part;
+        int expect = multi ? 2 * expected_pairs(b, part) : 1;
+        if (split && c_with != expect)
+            fail_msg("%s: %d commands recorded; the bounded grid needs %d", msg, c_with, expect);
+        if (!split && c_with != 1)
+            fail_msg("%s: %d commands recorded; the default path records one", msg, c_with);
+        int vn = duet_vulkan_validation_errors(x->d);
+        if (vn)
+            fail_msg("%s: the validation layer reported %d message(s)", msg, vn);
+        if (split && with)
+            *with = c_with;
+        if (split && without)
+            *without = c_without;
+    }
+    b->max_seq_len = 0;
+    free(want), free(free_run), free(got);
 }
 
 /* ---- tests ------------------------------------------------------------------------ */
@@ -266,15 +344,46 @@ static void test_wide_table(void **state)
     (void)state;
     static const int q1[] = {1, 2}, ctx[] = {300, 40};
     batch b = make_batch(2, q1, ctx, 64, 4, 256, DUET_F16);
-    int wide = 640 * part_of(&vk) / b.block_size;
-    int32_t *t = malloc(4ull * b.n_seqs * wide);
-    for (int s = 0; s < b.n_seqs; s++)
-        for (int i = 0; i < wide; i++)
-            t[s * wide + i] = i < b.max_blocks ? b.tables[s * b.max_blocks + i] : -1;
-    free(b.tables);
-    b.tables = t;
-    b.max_blocks = wide;
+    widen(&b, 640 * part_of(&vk) / b.block_size);
     assert_int_equal(check_batch("wide table", &b), 2 * b.n_tokens);
+    free_batch(&b);
+}
+
+/* The runner's bound on a table as wide as an engine's max_model_len
+ * (8192 keys) with sequences of 1..300 keys: a 64-token prefill chunk
+ * ending at 300 and decodes at 1, 64, 65, 129; 32 heads on 8 KV heads of
+ * 128 dims. Without the bound 128 partitions at PART 64: 2.1 MB of
+ * partials per token, 15 tokens per pair, 5 split + combine pairs (the
+ * same at 128 and 256: the budget scales); with max_seq_len 300, 5
+ * partitions and one pair. Bits equal either way, default path included. */
+static void test_bound_wide_table(void **state)
+{
+    (void)state;
+    static const int ql[] = {64, 1, 1, 1, 1}, ctx[] = {300, 1, 64, 65, 129};
+    batch b = make_batch(5, ql, ctx, 32, 8, 128, DUET_F16);
+    widen(&b, 8192 / b.block_size);
+    int with = 0, without = 0;
+    check_bound("wide table", &b, 300, &with, &without);
+    assert_int_equal(with, 2);
+    assert_int_equal(without, 10);
+    free_batch(&b);
+}
+
+/* A bound some sequences exceed: their rows NaN on the split variants and
+ * the default path as on the CPU, the other rows' bits unchanged. 300 cuts
+ * a 900-key row (the combine must leave it NaN: its partitions lie beyond
+ * the bounded grid) and keeps a 300-key one (exactly the bound); 20 leaves
+ * one partition (one dispatch) and two good rows. A bound beyond the table
+ * width changes nothing. */
+static void test_bound_exceeded(void **state)
+{
+    (void)state;
+    static const int ql[] = {2, 1, 1, 3}, ctx[] = {900, 300, 20, 2};
+    batch b = make_batch(4, ql, ctx, 8, 2, 64, DUET_F32);
+    widen(&b, 2048 / b.block_size);
+    check_bound("a 900-key row over the bound", &b, 300, NULL, NULL);
+    check_bound("two rows over the bound", &b, 20, NULL, NULL);
+    check_bound("a bound wider than the table", &b, 5000, NULL, NULL);
     free_batch(&b);
 }
 
@@ -486,6 +595,18 @@ int main(void)
         return rc;
     if (open_devices(NULL))
         return 1;
+    setenv("DUET_VK_ATTENTION", "basic", 1);
+    if (duet_vulkan_device_create(-1, NULL, 1, &vk_basic.d) ||
+        duet_dev_stream_create(vk_basic.d, &vk_basic.s)) {
+        fprintf(stderr, "test_vulkan_attention: the default-path device: %s\n",
+                duet_last_error());
+        return 1;
+    }
+    unsetenv("DUET_VK_ATTENTION");
+    if (split_mode(&vk_basic) != 0) {
+        fprintf(stderr, "test_vulkan_attention: DUET_VK_ATTENTION=basic took the split path\n");
+        return 1;
+    }
     const struct CMUnitTest every[] = {
         cmocka_unit_test(test_selection),
         cmocka_unit_test(test_decode_contexts),
@@ -497,6 +618,8 @@ int main(void)
         cmocka_unit_test(test_mixed_short),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_bad_metadata),
+        cmocka_unit_test(test_bound_wide_table),
+        cmocka_unit_test(test_bound_exceeded),
         cmocka_unit_test(test_pipelines_follow_part),
         cmocka_unit_test(test_bad_part_env),
     };
@@ -507,6 +630,7 @@ int main(void)
         cmocka_unit_test(test_mixed_short),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_bad_metadata),
+        cmocka_unit_test(test_bound_exceeded),
         cmocka_unit_test(test_pipelines_follow_part),
     };
     int failed = cmocka_run_group_tests_name("part 64 (default)", every, NULL, NULL);
@@ -526,5 +650,8 @@ int main(void)
         failed += cmocka_run_group_tests_name(name, per_part, NULL, NULL);
         validation |= close_devices(1);
     }
+    duet_dev_stream_destroy(vk_basic.d, vk_basic.s);
+    validation |= duet_vulkan_validation_errors(vk_basic.d) != 0;
+    duet_device_close(vk_basic.d);
     return vk_fixture_close(&vk, &cpu, failed) || validation ? 1 : 0;
 }

@@ -476,7 +476,7 @@ static void run_attention(side *x, const attn_shape *c, const float *q, const vo
                              vk_at(bs), vk_at(bo), c->cache_type, t, c->n_seqs,
                              c->n_heads, c->n_kv_heads, c->head_dim, c->num_blocks,
                              c->block_size, c->max_blocks,
-                             1.0f / sqrtf((float)c->head_dim)};
+                             1.0f / sqrtf((float)c->head_dim), 0};
     assert_int_equal(duet_dev_attention(x->d, x->s, &a), DUET_OK);
     finish(x, bo, out, qn);
     duet_buffer *all[] = {bq, bk, bv, bt, bl, bs, bo};
