@@ -370,8 +370,9 @@ static duet_status add(duet_runner *r, size_t a_off, size_t b_off, int64_t n)
     return duet_dev_add(r->dev, r->stream, &a);
 }
 
-/* One transformer block on the T tokens of the batch, residual stream x. */
-static duet_status layer(duet_runner *r, const duet_batch *b, int l)
+/* One transformer block on the T tokens of the batch, residual stream x;
+ * longest: the batch's longest seq_len (attention's bound). */
+static duet_status layer(duet_runner *r, const duet_batch *b, int l, int longest)
 {
     const duet_model_config *c = r->c;
     const duet_layer_weights *lw = &r->w->layers[l];
@@ -413,11 +414,6 @@ static duet_status layer(duet_runner *r, const duet_batch *b, int l)
         rc = duet_dev_kv_write(d, r->stream, &a);
     }
     if (!rc) {
-        /* The batch's longest context bounds the op's work (the Vulkan
-         * split-K grid and partials), not the table width (max_model_len). */
-        int longest = 0;
-        for (int s = 0; s < b->n_seqs; s++)
-            longest = b->seq_lens[s] > longest ? b->seq_lens[s] : longest;
         duet_attention_args a = {
             .q = S(r, r->q), .k_cache = k_cache, .v_cache = v_cache,
             .block_tables = S(r, r->tables), .seq_lens = S(r, r->seq_lens),
@@ -549,8 +545,13 @@ duet_status duet_model_forward_submit(duet_runner *r, const duet_batch *b, float
         }
         rc = duet_dev_embed(d, r->stream, &a);
     }
+    /* The batch's longest context bounds attention's work (the Vulkan
+     * split-K grid and partials), not the table width (max_model_len). */
+    int longest = 0;
+    for (int i = 0; i < b->n_seqs; i++)
+        longest = b->seq_lens[i] > longest ? b->seq_lens[i] : longest;
     for (int l = 0; l < c->n_layers && !rc; l++)
-        rc = layer(r, b, l);
+        rc = layer(r, b, l, longest);
 
     /* Only the rows that will be sampled reach the final norm and the LM
      * head, which is the largest matmul of a small model. The last

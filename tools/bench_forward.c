@@ -256,16 +256,16 @@ static int parse(int argc, char **argv, fwd_opts *o)
 
 /* ---- --profile: GPU timestamps around extra steps (Vulkan) ------------------- */
 
-/* Profiling on and the totals cleared (on = 1), or off. */
-static duet_status profile_switch(duet_device *d, int on)
+/* Profiling on, the totals cleared. */
+static duet_status profile_start(duet_device *d)
 {
 #ifdef DUET_HAVE_VULKAN
-    duet_status rc = duet_vulkan_profile_enable(d, on);
-    if (!rc && on)
+    duet_status rc = duet_vulkan_profile_enable(d, 1);
+    if (!rc)
         duet_vulkan_profile_reset(d);
     return rc;
 #else
-    (void)d, (void)on;
+    (void)d;
     return duet_error(DUET_ERR_UNSUPPORTED, "--profile: this build of duet has no Vulkan backend");
 #endif
 }
@@ -420,10 +420,10 @@ static duet_status run_decode(duet_model *m, const fwd_opts *o, int batch, doubl
     }
     *pipelined = (now_s() - t0) / (double)o->steps;
     /* The profiled steps, last, so that profiling perturbs no timed step. */
-    for (long i = o->steps; i < o->steps + profiled && rc == DUET_OK; i++) {
+    if (rc == DUET_OK && profiled)
+        rc = profile_start(m->dev);
+    for (long i = 0; i < profiled && rc == DUET_OK; i++) {
         new_tokens(tok, batch, V, &seed);
-        if (i == o->steps && (rc = profile_switch(m->dev, 1)))
-            break;
         double t1 = now_s();
         rc = duet_model_forward(r, &b, NULL, NULL);
         wall += now_s() - t1;
@@ -467,7 +467,7 @@ static duet_status run_prefill(duet_model *m, const fwd_opts *o, double *secs,
         goto out;
     long runs = o->repeat + (o->profile ? 1 : 0);
     for (long run = -1; run < runs && rc == DUET_OK; run++) {
-        if (run == o->repeat && (rc = profile_switch(m->dev, 1)))
+        if (run == o->repeat && (rc = profile_start(m->dev)))
             break;
         double t0 = now_s();
         for (int at = 0; at < n && rc == DUET_OK; at += chunk) {
