@@ -22,7 +22,7 @@ layout(push_constant) uniform PC {
 layout(constant_id = 1) const uint PART_SHIFT = 0u;
 const uint PART = 64u << PART_SHIFT;
 
-int qsl_at(uint s) { return int(qsl[pc.qsl_off + s]); }
+#include "attention_row.glsl"
 
 void main()
 {
@@ -30,22 +30,9 @@ void main()
     uint lid = gl_LocalInvocationID.x, D = pc.head_dim;
     if (t >= pc.n_tokens)
         return;
-    bool ok = qsl_at(0u) >= 0 && qsl_at(pc.n_seqs) <= int(pc.n_tokens);
-    for (uint s = 0u; s < pc.n_seqs && ok; s++)
-        ok = qsl_at(s + 1u) >= qsl_at(s);
-    int seq = -1;
-    for (uint s = 0u; s < pc.n_seqs && ok && seq < 0; s++)
-        if (int(t) >= qsl_at(s) && int(t) < qsl_at(s + 1u))
-            seq = int(s);
-    if (seq < 0)
+    uint pos;
+    if (attention_row(t, pos) < 0)
         return;
-    int q_len = qsl_at(uint(seq) + 1u) - qsl_at(uint(seq));
-    int seq_len = int(seq_lens[pc.sl_off + uint(seq)]);
-    int blocks = (seq_len + int(pc.block_size) - 1) / int(pc.block_size);
-    if (seq_len < q_len || blocks > int(pc.max_blocks) ||
-        (pc.max_len != 0u && seq_len > int(pc.max_len)))
-        return;
-    uint pos = uint(seq_len - q_len) + (t - uint(qsl_at(uint(seq))));
     uint np = pos / PART + 1u;
     if (np == 1u)
         return;

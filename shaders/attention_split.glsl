@@ -149,7 +149,7 @@ void reduce_group(inout float v[GM], bool is_max)
 }
 #endif
 
-int qsl_at(uint s) { return int(qsl[pc.qsl_off + s]); }
+#include "attention_row.glsl"
 
 void main()
 {
@@ -165,22 +165,8 @@ void main()
         return;
 
     // Which sequence holds token t, and is its metadata sound?
-    bool ok = qsl_at(0u) >= 0 && qsl_at(pc.n_seqs) <= int(pc.n_tokens);
-    for (uint s = 0u; s < pc.n_seqs && ok; s++)
-        ok = qsl_at(s + 1u) >= qsl_at(s);
-    int seq = -1;
-    for (uint s = 0u; s < pc.n_seqs && ok && seq < 0; s++)
-        if (int(t) >= qsl_at(s) && int(t) < qsl_at(s + 1u))
-            seq = int(s);
-    int q_len = 0, seq_len = 0;
-    if (seq >= 0) {
-        q_len = qsl_at(uint(seq) + 1u) - qsl_at(uint(seq));
-        seq_len = int(seq_lens[pc.sl_off + uint(seq)]);
-        int blocks = (seq_len + int(pc.block_size) - 1) / int(pc.block_size);
-        if (seq_len < q_len || blocks > int(pc.max_blocks) ||
-            (pc.max_len != 0u && seq_len > int(pc.max_len)))
-            seq = -1;
-    }
+    uint pos;
+    int seq = attention_row(t, pos);
     if (seq < 0) {
         if (p == 0u)
             for (uint g = 0u; g < ng; g++)
@@ -188,7 +174,6 @@ void main()
                     outb[pc.o_off + (t * pc.n_heads + h0 + g) * D + d] = floatBitsToUint(NAN_F);
         return;
     }
-    uint pos = uint(seq_len - q_len) + (t - uint(qsl_at(uint(seq))));
     uint j_lo = p * PART;
     if (j_lo > pos)
         return;
