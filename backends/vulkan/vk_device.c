@@ -658,8 +658,13 @@ static duet_status device_open(vk_ctx *c)
                           "Vulkan: %s has no host-visible coherent memory type", c->caps.name);
     c->device_heap_bytes = mp.memoryHeaps[mp.memoryTypes[c->mem_device].heapIndex].size;
     VkMemoryPropertyFlags df = mp.memoryTypes[c->mem_device].propertyFlags;
+    /* DUET_VK_STAGED=1 (tests): reach device memory only through staging
+     * copies, as on a discrete GPU whose device-local memory the host cannot
+     * map, even where it can (lavapipe). */
+    const char *staged = getenv("DUET_VK_STAGED");
     c->device_mem_mapped = (df & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) &&
-                           (df & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
+                           (df & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT) &&
+                           !(staged && strcmp(staged, "1") == 0);
     memory_model(c);
     if ((rc = duet_vk_pipelines_init(c)))
         return rc;

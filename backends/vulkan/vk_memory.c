@@ -137,6 +137,30 @@ static uint32_t primary_chunk(const vk_ctx *c, const duet_buffer *b, uint64_t at
     return i < b->n_chunks ? (uint32_t)i : b->n_chunks - 1;
 }
 
+/* A synchronous copy through the sync stream's staging, a piece at a time,
+ * between device memory at dev and the host: from `from` when it is not
+ * NULL (a write), else into `to` (a read). */
+static duet_status staged_copy(vk_ctx *c, duet_addr dev, const char *from, char *to, size_t n)
+{
+    duet_status rc = DUET_OK;
+    pthread_mutex_lock(&c->sync_lock);
+    for (size_t done = 0; done < n && rc == DUET_OK;) {
+        size_t piece = n - done < VK_STAGING_BLOCK ? n - done : VK_STAGING_BLOCK;
+        duet_addr at = {dev.buf, dev.offset + done};
+        rc = duet_vk_stream_begin(c, c->sync);
+        if (rc == DUET_OK)
+            rc = from ? duet_vk_upload(c, c->sync, at, from + done, piece)
+                      : duet_vk_download(c, c->sync, at, to + done, piece);
+        if (rc == DUET_OK)
+            rc = duet_vk_stream_submit(c, c->sync);
+        if (rc == DUET_OK)
+            rc = duet_vk_stream_wait(c, c->sync);
+        done += piece;
+    }
+    pthread_mutex_unlock(&c->sync_lock);
+    return rc;
+}
+
 duet_status duet_vk_buffer_write(void *ctx, duet_addr dst, const void *src, size_t n)
 {
     vk_ctx *c = ctx;
@@ -156,22 +180,7 @@ duet_status duet_vk_buffer_write(void *ctx, duet_addr dst, const void *src, size
         }
         return DUET_OK;
     }
-    /* Through the sync stream's staging, a piece at a time. */
-    pthread_mutex_lock(&c->sync_lock);
-    for (size_t done = 0; done < n && rc == DUET_OK;) {
-        size_t piece = n - done < VK_STAGING_BLOCK ? n - done : VK_STAGING_BLOCK;
-        duet_addr at = {dst.buf, dst.offset + done};
-        rc = duet_vk_stream_begin(c, c->sync);
-        if (rc == DUET_OK)
-            rc = duet_vk_upload(c, c->sync, at, (const char *)src + done, piece);
-        if (rc == DUET_OK)
-            rc = duet_vk_stream_submit(c, c->sync);
-        if (rc == DUET_OK)
-            rc = duet_vk_stream_wait(c, c->sync);
-        done += piece;
-    }
-    pthread_mutex_unlock(&c->sync_lock);
-    return rc;
+    return staged_copy(c, dst, src, NULL, n);
 }
 
 duet_status duet_vk_buffer_read(void *ctx, duet_addr src, void *dst, size_t n)
@@ -192,21 +201,7 @@ duet_status duet_vk_buffer_read(void *ctx, duet_addr src, void *dst, size_t n)
         }
         return DUET_OK;
     }
-    pthread_mutex_lock(&c->sync_lock);
-    for (size_t done = 0; done < n && rc == DUET_OK;) {
-        size_t piece = n - done < VK_STAGING_BLOCK ? n - done : VK_STAGING_BLOCK;
-        duet_addr at = {src.buf, src.offset + done};
-        rc = duet_vk_stream_begin(c, c->sync);
-        if (rc == DUET_OK)
-            rc = duet_vk_download(c, c->sync, at, (char *)dst + done, piece);
-        if (rc == DUET_OK)
-            rc = duet_vk_stream_submit(c, c->sync);
-        if (rc == DUET_OK)
-            rc = duet_vk_stream_wait(c, c->sync);
-        done += piece;
-    }
-    pthread_mutex_unlock(&c->sync_lock);
-    return rc;
+    return staged_copy(c, src, NULL, dst, n);
 }
 
 uint64_t duet_vk_max_bind(const vk_ctx *c)

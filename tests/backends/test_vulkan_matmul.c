@@ -532,28 +532,44 @@ static void test_big_weight_glu(void **state)
 /* The same 160 MiB weight in a buffer larger than one allocation (the
  * allocation size forced down to twice the binding limit, so the buffer is
  * two overlapping chunks): embed and matmul read rows from both, and reads
- * across the chunk boundary return the bytes written. */
-static void test_big_weight_chunked(void **state)
+ * across the chunk boundary return the bytes written. staged: the host
+ * reaches device memory only through staging copies (DUET_VK_STAGED=1), as
+ * on a discrete GPU. */
+static void big_weight_chunked(int staged)
 {
-    (void)state;
     int dim = 4096, vocab = 20480;
     size_t bytes = 2ull * dim * vocab;
     char cap[32];
     snprintf(cap, sizeof cap, "%zu", bytes / 10 * 9); /* 144 MiB: two chunks */
-    side saved = device_with_env("DUET_VK_MAX_ALLOC", cap, NULL, NULL);
+    side saved = device_with_env("DUET_VK_MAX_ALLOC", cap, staged ? "DUET_VK_STAGED" : NULL, "1");
+    const char *what = staged ? "160 MiB, two chunks, staged" : "160 MiB, two chunks";
 
     uint16_t *table = malloc(bytes);
     for (size_t i = 0; i < bytes / 2; i++)
         table[i] = duet_f32_to_f16(vk_frand());
     int32_t ids[] = {vocab - 1, 17000, 3, 16383, 16384, 8192};
-    big_table_cases(table, bytes, dim, vocab, ids, 6, "160 MiB, two chunks");
+    big_table_cases(table, bytes, dim, vocab, ids, 6, what);
 
     /* Every byte back, synchronously and through a stream download. */
     duet_buffer *b = vk_buffer(&vk, table, bytes);
     assert_int_equal(b->n_chunks, 2);
+    if (staged) /* no chunk is mapped: the copies above went through staging */
+        assert_null(b->chunk[0].map), assert_null(b->chunk[1].map);
     unsigned char *back = malloc(bytes);
     assert_int_equal(duet_dev_buffer_read(vk.d, vk_at(b), back, bytes), DUET_OK);
     assert_memory_equal(back, table, bytes);
+    /* A write across where chunk 1 starts; where the chunks are mapped,
+     * both copies of the overlap hold it. */
+    size_t mid = b->chunk[1].start - 4096, span = 3 * 4096;
+    for (size_t i = 0; i < span; i++)
+        ((unsigned char *)table)[mid + i] ^= 0x5a;
+    assert_int_equal(duet_dev_buffer_write(vk.d, (duet_addr){b, mid}, (char *)table + mid, span),
+                     DUET_OK);
+    if (b->chunk[0].map && b->chunk[1].map) {
+        size_t at = b->chunk[1].start, n = mid + span - at;
+        assert_memory_equal((char *)b->chunk[0].map + at, (char *)table + at, n);
+        assert_memory_equal((char *)b->chunk[1].map, (char *)table + at, n);
+    }
     begin(&vk);
     memset(back, 0, bytes);
     assert_int_equal(duet_dev_download(vk.d, vk.s, vk_at(b), back, bytes), DUET_OK);
@@ -563,6 +579,18 @@ static void test_big_weight_chunked(void **state)
     duet_dev_buffer_free(vk.d, b);
     free(back), free(table);
     restore_device(saved);
+}
+
+static void test_big_weight_chunked(void **state)
+{
+    (void)state;
+    big_weight_chunked(0);
+}
+
+static void test_big_weight_staged(void **state)
+{
+    (void)state;
+    big_weight_chunked(1);
 }
 
 /* ---- main ------------------------------------------------------------------------ */
@@ -582,6 +610,7 @@ int main(void)
         cmocka_unit_test(test_big_weight),
         cmocka_unit_test(test_big_weight_glu),
         cmocka_unit_test(test_big_weight_chunked),
+        cmocka_unit_test(test_big_weight_staged),
     };
     return vk_fixture_close(&vk, &cpu, cmocka_run_group_tests(tests, NULL, NULL));
 }
