@@ -66,6 +66,11 @@ typedef struct duet_device_info {
                            span (Vulkan: maxStorageBufferRange, aligned);
                            0 = no limit. The engine keeps one layer's K (or
                            V) cache within it. */
+    uint64_t max_alloc; /* the largest buffer the device holds as one
+                           allocation (Vulkan: maxMemoryAllocationSize, or
+                           DUET_VK_MAX_ALLOC); a larger one costs more than
+                           its size (overlapping chunks). 0 = no limit. The
+                           model loader keeps each weight within it. */
 } duet_device_info;
 
 /* ---- op arguments ----------------------------------------------------- */

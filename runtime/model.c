@@ -39,7 +39,14 @@ static duet_status bind_tensor(const duet_gguf *g, const duet_model_weights *w, 
     if (rows == 1 && t->type != DUET_F32)
         return duet_error(DUET_ERR_UNSUPPORTED, "vector tensor '%s' must be F32, not %s", name,
                           info->name);
-    out->addr = (duet_addr){w->file_buf, (size_t)(duet_gguf_data_offset(g) + t->offset)};
+    uint64_t at = duet_gguf_data_offset(g) + t->offset;
+    const duet_weight_piece *pc = NULL;
+    for (int i = 0; i < w->n_pieces && !pc; i++)
+        if (at >= w->pieces[i].start && at + t->nbytes <= w->pieces[i].start + w->pieces[i].size)
+            pc = &w->pieces[i];
+    if (!pc) /* place_file puts every tensor in a piece */
+        return duet_error(DUET_ERR_INTERNAL, "tensor '%s' is in no weight buffer", name);
+    out->addr = (duet_addr){pc->buf, (size_t)(at - pc->start)};
     out->type = t->type;
     out->ne[0] = row_len;
     out->ne[1] = rows;
@@ -102,17 +109,82 @@ static duet_status bind_rope_freqs(const duet_gguf *g, const duet_model_config *
     return rc;
 }
 
+typedef struct byte_range {
+    uint64_t lo, hi;
+} byte_range;
+
+static int by_start(const void *a, const void *b)
+{
+    const byte_range *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* Put the file's bytes on the device. One buffer over the whole file when
+ * the device has no allocation limit or the file fits it (the CPU backend
+ * wraps the mapping without copying, GPU backends upload it). Otherwise
+ * runs of whole tensors in file order, each run one buffer within the
+ * limit, so that no weight straddles two allocations: a buffer larger than
+ * one allocation is chunks that overlap (Vulkan: by up to half of each), so
+ * one buffer over an 8B model's 16 GB file would take 32 GB of a GPU with
+ * 4 GiB allocations. A tensor larger than the limit is a run of its own. */
+static duet_status place_file(const duet_gguf *g, duet_device *dev, duet_model_weights *w)
+{
+    duet_device_info info;
+    duet_dev_info(dev, &info);
+    uint64_t file = duet_gguf_file_size(g), cap = info.max_alloc;
+    int64_t n = duet_gguf_n_tensors(g);
+    byte_range *r = malloc(sizeof *r * (size_t)(n > 0 ? n : 1));
+    w->pieces = calloc((size_t)(n > 0 ? n : 1), sizeof *w->pieces);
+    if (!r || !w->pieces) {
+        free(r);
+        return duet_error(DUET_ERR_OUT_OF_MEMORY, "model: out of memory for %lld tensors",
+                          (long long)n);
+    }
+    int64_t m = 0;
+    if (!cap || file <= cap || n == 0) {
+        r[m++] = (byte_range){0, file};
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            const duet_gguf_tensor *t = duet_gguf_tensor_at(g, i);
+            uint64_t lo = duet_gguf_data_offset(g) + t->offset;
+            r[i] = (byte_range){lo, lo + t->nbytes};
+        }
+        qsort(r, (size_t)n, sizeof *r, by_start);
+        for (int64_t i = 0; i < n; m++) { /* merge runs into r[m] */
+            byte_range run = r[i++];
+            while (i < n && (r[i].hi > run.hi ? r[i].hi : run.hi) - run.lo <= cap) {
+                run.hi = r[i].hi > run.hi ? r[i].hi : run.hi;
+                i++;
+            }
+            r[m] = run;
+        }
+    }
+    duet_status rc = DUET_OK;
+    const char *base = duet_gguf_base(g);
+    for (int64_t i = 0; i < m && rc == DUET_OK; i++) {
+        duet_weight_piece *p = &w->pieces[w->n_pieces];
+        *p = (duet_weight_piece){NULL, r[i].lo, r[i].hi - r[i].lo};
+        rc = duet_dev_buffer_from_host(dev, (void *)(base + p->start), p->size, &p->buf);
+        if (rc == DUET_OK)
+            w->n_pieces++;
+        else if (m > 1)
+            rc = duet_error_wrap(rc, "weight buffer %lld of %lld (%llu bytes)",
+                                 (long long)i + 1, (long long)m,
+                                 (unsigned long long)p->size);
+    }
+    free(r);
+    return rc;
+}
+
 duet_status duet_model_weights_load(const duet_gguf *g, const duet_model_config *c,
                                     duet_device *dev, duet_model_weights *w)
 {
     duet_status rc;
     memset(w, 0, sizeof *w);
-    /* One buffer over the whole file: the CPU backend wraps the mapping
-     * without copying, GPU backends upload it. */
-    rc = duet_dev_buffer_from_host(dev, (void *)duet_gguf_base(g), duet_gguf_file_size(g),
-                                   &w->file_buf);
-    if (rc)
+    if ((rc = place_file(g, dev, w))) {
+        duet_model_weights_release(dev, w);
         return duet_error_wrap(rc, "placing the model's weights on the device");
+    }
     w->layers = calloc((size_t)c->n_layers, sizeof *w->layers);
     if (!w->layers) {
         rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "model: out of memory for %d layers",
@@ -142,7 +214,9 @@ void duet_model_weights_release(duet_device *dev, duet_model_weights *w)
     if (!w)
         return;
     duet_dev_buffer_free(dev, w->aux_buf);
-    duet_dev_buffer_free(dev, w->file_buf);
+    for (int i = 0; i < w->n_pieces; i++)
+        duet_dev_buffer_free(dev, w->pieces[i].buf);
+    free(w->pieces);
     free(w->layers);
     memset(w, 0, sizeof *w);
 }
@@ -161,7 +235,9 @@ struct duet_runner {
     int inflight[2], n_inflight; /* submitted, not yet waited: oldest first */
     int prev_rows;           /* tokens the last submitted step sampled */
     duet_buffer *scratch;  /* activations, see the offsets below */
-    duet_buffer *kv;       /* [n_layers][2][num_blocks][block_size][Hkv][D] */
+    duet_buffer **kv;      /* [n_layers][2]: K and V of each layer, one buffer
+                              each (so each fits one allocation on a GPU),
+                              [num_blocks][block_size][Hkv][D] */
     size_t kv_layer_bytes; /* one of K or V of one layer */
     /* Offsets into scratch. */
     size_t x, xn, q, k, v, att, gate, up, last, logits;
@@ -260,10 +336,16 @@ duet_status duet_runner_create(duet_device *dev, const duet_model_config *c,
     size_t kvd = (size_t)c->n_kv_heads * c->head_dim;
     r->kv_layer_bytes = (size_t)o->num_blocks * o->block_size * kvd * (o->kv_type == DUET_F16 ? 2 : 4);
     size_t kv_bytes = r->kv_layer_bytes * 2 * c->n_layers;
-    if ((rc = duet_dev_buffer_alloc(dev, kv_bytes, &r->kv))) {
-        duet_error_wrap(rc, "allocating the KV cache (%d blocks of %d tokens = %.1f MiB)",
-                        o->num_blocks, o->block_size, kv_bytes / 1048576.0);
+    if (!(r->kv = calloc(2 * (size_t)c->n_layers, sizeof *r->kv))) {
+        rc = duet_error(DUET_ERR_OUT_OF_MEMORY, "runner: out of memory");
         goto out_free;
+    }
+    for (int i = 0; i < 2 * c->n_layers; i++) {
+        if ((rc = duet_dev_buffer_alloc(dev, r->kv_layer_bytes, &r->kv[i]))) {
+            duet_error_wrap(rc, "allocating the KV cache (%d blocks of %d tokens = %.1f MiB)",
+                            o->num_blocks, o->block_size, kv_bytes / 1048576.0);
+            goto out_free;
+        }
     }
     for (int i = 0; i < 2; i++)
         if ((rc = duet_dev_stream_create(dev, &r->streams[i])))
@@ -282,7 +364,9 @@ void duet_runner_free(duet_runner *r)
         return;
     for (int i = 0; i < 2; i++)
         duet_dev_stream_destroy(r->dev, r->streams[i]);
-    duet_dev_buffer_free(r->dev, r->kv);
+    for (int i = 0; r->kv && i < 2 * r->c->n_layers; i++)
+        duet_dev_buffer_free(r->dev, r->kv[i]);
+    free(r->kv);
     duet_dev_buffer_free(r->dev, r->scratch);
     duet_dev_buffer_free(r->dev, r->edits);
     free(r);
@@ -379,8 +463,8 @@ static duet_status layer(duet_runner *r, const duet_batch *b, int l, int longest
     duet_device *d = r->dev;
     int t = b->n_tokens;
     duet_status rc = DUET_OK;
-    duet_addr k_cache = {r->kv, (size_t)(2 * l) * r->kv_layer_bytes};
-    duet_addr v_cache = {r->kv, (size_t)(2 * l + 1) * r->kv_layer_bytes};
+    duet_addr k_cache = {r->kv[2 * l], 0};
+    duet_addr v_cache = {r->kv[2 * l + 1], 0};
     const duet_tensor *bq = c->has_qkv_bias ? &lw->bq : NULL;
     const duet_tensor *bk = c->has_qkv_bias ? &lw->bk : NULL;
     const duet_tensor *bv = c->has_qkv_bias ? &lw->bv : NULL;

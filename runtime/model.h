@@ -69,8 +69,17 @@ typedef struct duet_layer_weights {
     duet_tensor w_down;             /* [E][F] */
 } duet_layer_weights;
 
+/* Bytes [start, start + size) of the GGUF file, on the device as one
+ * buffer. */
+typedef struct duet_weight_piece {
+    duet_buffer *buf;
+    uint64_t start, size;
+} duet_weight_piece;
+
 typedef struct duet_model_weights {
-    duet_buffer *file_buf;          /* the whole GGUF mapping on the device */
+    duet_weight_piece *pieces;      /* the file on the device: one piece, or runs
+                                       of whole tensors (see place_file) */
+    int n_pieces;
     duet_buffer *aux_buf;           /* weights duet computes (rope factors) */
     duet_tensor tok_embd;           /* [V][E] */
     duet_tensor out_norm;           /* [E] */

@@ -456,9 +456,13 @@ static void vk_get_info(void *ctx, duet_device_info *out)
              type_name(c->caps.type));
     snprintf(out->backend, sizeof out->backend, "vulkan");
     out->mem_total = c->caps.device_local_bytes;
-    out->mem_free = c->caps.device_local_bytes; /* VK_EXT_memory_budget: later */
+    /* What this device's buffers do not hold (other processes' use needs
+     * VK_EXT_memory_budget: later). */
+    unsigned long long held = atomic_load(&c->buffer_bytes);
+    out->mem_free = held < c->caps.device_local_bytes ? c->caps.device_local_bytes - held : 0;
     out->n_threads = 0;
     out->max_range = duet_vk_max_bind(c);
+    out->max_alloc = c->chunk_cap;
 }
 
 /* Sizes of the memory model (vk_internal.h). */

@@ -215,6 +215,7 @@ typedef struct vk_ctx {
     atomic_int lost;            /* VK_ERROR_DEVICE_LOST seen: every later call fails */
     vk_fault fault;
     atomic_long n_submits, n_allocs; /* counted for the faults */
+    atomic_ullong buffer_bytes; /* device memory the live duet_buffers hold */
     int stats;                  /* DUET_VK_STATS=1: print commands/barriers per submit */
     int vec_rows_log2;          /* matmul_vec/qvec: 1 << this weight rows per workgroup
                                    (DUET_VK_VEC_ROWS); -1 = the default, see

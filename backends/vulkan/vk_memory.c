@@ -109,6 +109,7 @@ duet_status duet_vk_buffer_alloc(void *ctx, size_t size, duet_buffer **out)
                                    "%llu bytes)",
                                    size, i + 1, n, (unsigned long long)c->device_heap_bytes);
         }
+        atomic_fetch_add(&c->buffer_bytes, ch->size);
     }
     *out = b;
     return DUET_OK;
@@ -119,8 +120,11 @@ void duet_vk_buffer_free(void *ctx, duet_buffer *b)
     vk_ctx *c = ctx;
     if (!b)
         return;
-    for (uint32_t i = 0; i < b->n_chunks; i++)
+    for (uint32_t i = 0; i < b->n_chunks; i++) {
+        if (b->chunk[i].mem)
+            atomic_fetch_sub(&c->buffer_bytes, b->chunk[i].size);
         duet_vk_raw_buffer_free(c, b->chunk[i].buf, b->chunk[i].mem);
+    }
     free(b);
 }
 

@@ -27,6 +27,7 @@
 #include "gguf.h"
 #include "model.h"
 #include "tokenizer.h"
+#include "vk_internal.h" /* struct duet_buffer: the weights' chunks */
 #include "vulkan_backend.h"
 
 enum { MAX_PROMPTS = 4, BLOCK = 16, BLOCKS_PER_SEQ = 8, N_GENERATE = 16 };
@@ -53,18 +54,22 @@ static struct {
     size_t n_ids[MAX_PROMPTS];
 } st;
 
-static duet_status side_open(side *s, duet_device *d)
+/* The run state over s's loaded weights. */
+static duet_status side_runner(side *s)
 {
-    s->d = d;
-    duet_status rc = duet_model_weights_load(st.g, &st.cfg, d, &s->w);
-    if (rc)
-        return rc;
     duet_runner_options o = {
         .max_tokens = 256, .max_seqs = MAX_PROMPTS, .max_logit_rows = 256,
         .num_blocks = 1 + MAX_PROMPTS * BLOCKS_PER_SEQ, .block_size = BLOCK,
         .max_blocks_per_seq = BLOCKS_PER_SEQ, .kv_type = DUET_F16, .sampling = 0,
     };
-    return duet_runner_create(d, &st.cfg, &s->w, &o, &s->r);
+    return duet_runner_create(s->d, &st.cfg, &s->w, &o, &s->r);
+}
+
+static duet_status side_open(side *s, duet_device *d)
+{
+    s->d = d;
+    duet_status rc = duet_model_weights_load(st.g, &st.cfg, d, &s->w);
+    return rc ? rc : side_runner(s);
 }
 
 static void side_close(side *s)
@@ -215,6 +220,73 @@ static void test_model_vulkan_vs_cpu(void **state)
         fail_msg("the Vulkan validation layer reported %d message(s)", v);
 }
 
+static uint64_t held(duet_device *d)
+{
+    duet_device_info info;
+    duet_dev_info(d, &info);
+    return info.mem_total - info.mem_free;
+}
+
+/* On a device whose allocations are smaller than the file (forced to
+ * 32 MiB here; about 4 GiB on desktop GPUs, where models are larger), the
+ * weights are runs of whole tensors, each one allocation: device memory
+ * about the file's size, where one buffer over the file would be
+ * overlapping chunks of nearly twice it; the logits bitwise those of the
+ * weights in one buffer. */
+static void test_weights_within_max_alloc(void **state)
+{
+    (void)state;
+    uint64_t cap = 32ull << 20, file = duet_gguf_file_size(st.g);
+    char v[32];
+    snprintf(v, sizeof v, "%llu", (unsigned long long)cap);
+    setenv("DUET_VK_MAX_ALLOC", v, 1);
+    side small = {0};
+    duet_status rc = duet_vulkan_device_create(-1, NULL, 1, &small.d);
+    unsetenv("DUET_VK_MAX_ALLOC");
+    assert_int_equal(rc, DUET_OK);
+    assert_true(file > cap);
+
+    uint64_t before = held(small.d);
+    duet_buffer *whole = NULL;
+    assert_int_equal(duet_dev_buffer_alloc(small.d, file, &whole), DUET_OK);
+    uint64_t one_buffer = held(small.d) - before;
+    duet_dev_buffer_free(small.d, whole);
+    assert_int_equal(held(small.d), before);
+
+    if (duet_model_weights_load(st.g, &st.cfg, small.d, &small.w))
+        fail_msg("loading on a device with 32 MiB allocations: %s", duet_last_error());
+    uint64_t pieces = held(small.d) - before, sum = 0;
+    assert_true(small.w.n_pieces > 1);
+    for (int i = 0; i < small.w.n_pieces; i++) {
+        assert_int_equal(small.w.pieces[i].buf->n_chunks, 1);
+        assert_true(small.w.pieces[i].size <= cap);
+        sum += small.w.pieces[i].size;
+    }
+    fprintf(stderr, "  weights with 32 MiB allocations: %d buffers, %.1f MiB of device memory "
+            "(one buffer over the %.1f MiB file: %.1f MiB)\n",
+            small.w.n_pieces, sum / 1048576.0, file / 1048576.0, one_buffer / 1048576.0);
+    assert_true(pieces <= file);
+    assert_true(one_buffer > file + file / 2);
+    if (side_runner(&small))
+        fail_msg("runner: %s", duet_last_error());
+
+    /* The first half of every prompt, on both Vulkan devices. */
+    int V = st.cfg.vocab, from[MAX_PROMPTS] = {0}, to[MAX_PROMPTS];
+    for (int s = 0; s < MAX_PROMPTS; s++)
+        to[s] = (int)st.n_ids[s] / 2;
+    batch_buf b;
+    make_batch(&b, MAX_PROMPTS, st.ids, from, to);
+    float *one = malloc(sizeof(float) * 256 * V), *split = malloc(sizeof(float) * 256 * V);
+    assert_int_equal(duet_model_forward(st.vk.r, &b.b, one, NULL), DUET_OK);
+    assert_int_equal(duet_model_forward(small.r, &b.b, split, NULL), DUET_OK);
+    assert_memory_equal(one, split, sizeof(float) * (size_t)b.b.n_tokens * V);
+    free(one), free(split);
+    int errors = duet_vulkan_validation_errors(small.d);
+    side_close(&small);
+    if (errors)
+        fail_msg("the Vulkan validation layer reported %d message(s)", errors);
+}
+
 int main(void)
 {
     if (!getenv("DUET_VK_VALIDATION"))
@@ -253,7 +325,8 @@ int main(void)
             goto out;
         }
     }
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_model_vulkan_vs_cpu)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_model_vulkan_vs_cpu),
+                                       cmocka_unit_test(test_weights_within_max_alloc)};
     rc = cmocka_run_group_tests(tests, NULL, NULL);
 out:
     for (int i = 0; i < MAX_PROMPTS; i++)
