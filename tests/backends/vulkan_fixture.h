@@ -9,9 +9,14 @@
 #define DUET_TEST_VULKAN_FIXTURE_H
 
 #include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#include <cmocka.h>
 
 #include "device.h"
 #include "vulkan_backend.h"
@@ -40,6 +45,19 @@ static inline int vk_fixture_open(const char *test, side *vk, side *cpu)
     duet_device_info info;
     duet_dev_info(vk->d, &info);
     fprintf(stderr, "%s: on %s\n", test, info.name);
+    /* DUET_TEST_FILTER / DUET_TEST_SKIP=PATTERN (cmocka's * and ?
+     * wildcards): run only the tests whose names match, or all but them;
+     * for CTest's reruns of a subset under another setting (a subgroup
+     * size: LP_NATIVE_VECTOR_WIDTH). */
+    const char *only = getenv("DUET_TEST_FILTER"), *skip = getenv("DUET_TEST_SKIP");
+    if (only && *only) {
+        cmocka_set_test_filter(only);
+        fprintf(stderr, "%s: only the tests matching '%s'\n", test, only);
+    }
+    if (skip && *skip) {
+        cmocka_set_skip_filter(skip);
+        fprintf(stderr, "%s: not the tests matching '%s'\n", test, skip);
+    }
     return 0;
 }
 
@@ -56,7 +74,7 @@ static inline int vk_fixture_close(side *vk, side *cpu, int cmocka_failed)
 }
 
 
-/* ---- for tests that open devices of their own (include <cmocka.h> first) ---- */
+/* ---- for tests that open devices of their own ---- */
 
 /* A Vulkan device opened with DUET_VK_FAULT=fault and DUET_VK_TIMELINE=
  * timeline for its creation only (NULL: unset); fails the test otherwise. */
