@@ -521,9 +521,12 @@ int cmd_bench_forward(int argc, char **argv)
         goto out;
     }
     t_load = now_s() - t_load;
+    duet_device_info info;
+    duet_dev_info(m->dev, &info);
+    /* Device memory the weights took (a GPU's buffers; the CPU's is host
+     * RAM, whose free figure is the system's). */
+    long long held = strcmp(info.backend, "cpu") ? (long long)(info.mem_total - info.mem_free) : -1;
     if (o.profile) {
-        duet_device_info info;
-        duet_dev_info(m->dev, &info);
         /* Fail now rather than after the timed steps: not Vulkan, or no
          * timestamps. */
         int was_on = strcmp(info.backend, "vulkan") == 0 ? profile_probe(m->dev) : -1;
@@ -540,16 +543,21 @@ int cmd_bench_forward(int argc, char **argv)
     uint64_t kv_tok = duet_kv_bytes_per_token(&m->config, o.kv_type);
     if (o.json)
         printf("{\"model\": \"%s\", \"device\": \"%s\", \"load_seconds\": %.2f, "
+               "\"weights_device_bytes\": %lld, "
                "\"kv_type\": \"%s\", \"kv_bytes_per_token\": %llu, \"weight_bytes\": %llu, "
                "\"context\": %ld, \"decode\": [",
-               o.model, duet_model_device_name(m), t_load, o.kv_type == DUET_F16 ? "f16" : "f32",
-               (unsigned long long)kv_tok, (unsigned long long)weight_bytes_per_step(m, 0),
-               o.context);
-    else
-        printf("%s on %s (loaded in %.1f s); decode at context %ld, KV %s\n"
+               o.model, duet_model_device_name(m), t_load, held,
+               o.kv_type == DUET_F16 ? "f16" : "f32", (unsigned long long)kv_tok,
+               (unsigned long long)weight_bytes_per_step(m, 0), o.context);
+    else {
+        char mem[64] = "";
+        if (held >= 0)
+            snprintf(mem, sizeof mem, ", %.0f MiB of device memory", held / 1048576.0);
+        printf("%s on %s (loaded in %.1f s%s); decode at context %ld, KV %s\n"
                "%-8s %6s %10s %10s %12s %10s %12s %10s\n", o.model, duet_model_device_name(m),
-               t_load, o.context, o.kv_type == DUET_F16 ? "f16" : "f32", "test", "batch",
+               t_load, mem, o.context, o.kv_type == DUET_F16 ? "f16" : "f32", "test", "batch",
                "ms/step", "tok/s", "MB/step", "GB/s", "2-deep ms", "GB/s");
+    }
     in_array = o.json;
     for (int i = 0; i < o.n_batch; i++) {
         int B = o.batch[i];

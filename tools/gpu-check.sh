@@ -295,6 +295,11 @@ if fw:
     if p:
         rows.append(("prefill %d" % p["tokens"], status("forward"),
                      "%.1f tok/s (%.2f s, chunks of %d)" % (p["tok_s"], p["seconds_median"], p["chunk"])))
+    if fw.get("weights_device_bytes", -1) >= 0:
+        rows.append(("weights on device", status("forward"),
+                     "%.2f GiB of device memory for %.2f GiB of weights (loaded in %.1f s)" %
+                     (fw["weights_device_bytes"] / 2**30, fw["weight_bytes"] / 2**30,
+                      fw["load_seconds"])))
     if not fw.get("ok", False):
         rows.append(("forward", "FAIL", "incomplete (see forward.log)"))
 for step, key, label in (("forward-tiled", "forward_tiled", "decode %d, tiled mm"),

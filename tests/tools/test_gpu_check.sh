@@ -23,6 +23,7 @@ assert [x["batch"] for x in d["decode"]] == [1, 3]
 # tiny-llama: 2 layers, hidden 128, ffn 352, 4 heads / 2 KV heads of 32, vocab 512, F16
 w = 2 * (2*(128*128*2) + 2*(64*128*2) + 3*(352*128*2) + 2*128*4) + 512*128*2 + 128*4
 assert d["weight_bytes"] == w, (d["weight_bytes"], w)
+assert d["weights_device_bytes"] == -1  # the CPU: host RAM, not counted
 assert d["kv_bytes_per_token"] == 2 * 2 * 64 * 4
 for x in d["decode"]:
     b = x["batch"]
@@ -58,6 +59,7 @@ if "$duet" devices --json >"$tmp/dev.json" 2>/dev/null &&
   # each of BF16 and Q4_0, then the JSON line.
   table="$(sed -n '/^duet GPU check/,$p' "$tmp/gc.txt")"
   if [ $rc -eq 0 ] && grep -q "^decode batch 64 " <<<"$table" &&
+     grep -q "^weights on device  *OK  *[0-9.]* GiB of device memory for" <<<"$table" &&
      grep -A1 "^profile, decode batch 1 (bf16): GPU [0-9.]* us/step, wall" <<<"$table" | grep -q "^  matmul" &&
      grep -A1 "^profile, decode batch 1 (q4_0): GPU [0-9.]* us/step, wall" <<<"$table" | grep -q "^  matmul" &&
      [ "$(tail -n 1 "$tmp/gc.txt")" = "JSON: $tmp/res/summary.json" ] &&
@@ -74,6 +76,10 @@ assert m["model.logits"] == m["model.top1"] == m["model.greedy"] == "PASS", m
 assert [x["batch"] for x in d["forward"]["decode"]] == [1, 8, 64]
 assert all(0 < x["fraction_of_copy"] for x in d["forward"]["decode"])
 assert d["forward"]["prefill"]["tokens"] == 256
+# Device memory held after loading: the weights and the file around them
+# (one buffer: the file fits one allocation), not overlapping chunks.
+for f in (d["forward"], d["forward_q4"]):
+    assert f["weight_bytes"] <= f["weights_device_bytes"] < 1.2 * f["weight_bytes"] + (1 << 20), f
 assert [x["batch"] for x in d["forward_tiled"]["decode"]] == [1]
 assert [x["batch"] for x in d["forward_q4"]["decode"]] == [1, 8]
 assert d["forward_q4"]["weight_bytes"] < d["forward"]["weight_bytes"] / 3  # Q4_0, not BF16
