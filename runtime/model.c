@@ -152,9 +152,11 @@ static duet_status place_file(const duet_gguf *g, duet_device *dev, duet_model_w
         qsort(r, (size_t)n, sizeof *r, by_start);
         for (int64_t i = 0; i < n; m++) { /* merge runs into r[m] */
             byte_range run = r[i++];
-            while (i < n && (r[i].hi > run.hi ? r[i].hi : run.hi) - run.lo <= cap) {
-                run.hi = r[i].hi > run.hi ? r[i].hi : run.hi;
-                i++;
+            for (; i < n; i++) {
+                uint64_t hi = r[i].hi > run.hi ? r[i].hi : run.hi;
+                if (hi - run.lo > cap)
+                    break;
+                run.hi = hi;
             }
             r[m] = run;
         }

@@ -18,7 +18,7 @@ layout(push_constant) uniform PC {
 } pc;
 
 // log2 of the tiles per partition, as in attention_split.glsl: PART = 64,
-// 128 or 256 keys (the device's choice, vk_ctx.attn_part).
+// 128 or 256 keys (the device's choice, vk_ctx.attn_part_log2 = PART_SHIFT).
 layout(constant_id = 1) const uint PART_SHIFT = 0u;
 const uint PART = 64u << PART_SHIFT;
 

@@ -46,7 +46,7 @@ layout(push_constant) uniform PC {
 } pc;
 
 const uint GM = 8u;     // query heads per workgroup (larger groups: several workgroups)
-const uint PART = 64u << PART_SHIFT; // keys per partition (vk_ctx.attn_part)
+const uint PART = 64u << PART_SHIFT; // keys per partition (vk_ctx.attn_part_log2 = PART_SHIFT)
 const bool F16 = (MODE & 1u) != 0u;
 const bool VEC = (MODE & 2u) != 0u;
 

@@ -538,12 +538,10 @@ static duet_status vec_rows_parse(const char *env, int *log2_rows)
 
 /* DUET_VK_ATTN_PART=64|128|256: keys per split-K attention partition
  * (docs/VULKAN.md); unset: 64, the most workgroups for short contexts. */
-static duet_status attn_part_parse(const char *env, int *part)
+static duet_status attn_part_parse(const char *env, int *log2_part)
 {
-    int l = 0;
-    duet_status rc = env ? pow2_choice("DUET_VK_ATTN_PART", env, 64, &l) : DUET_OK;
-    *part = 64 << l;
-    return rc;
+    *log2_part = 0;
+    return env ? pow2_choice("DUET_VK_ATTN_PART", env, 64, log2_part) : DUET_OK;
 }
 
 /* DUET_VK_FAULT=device_lost_after:N | oom[:N] | pipeline[:shader] (tests). */
@@ -732,7 +730,7 @@ duet_status duet_vulkan_device_create(int index, const duet_device_options *opts
     c->caps = caps[index];
     /* Faults count from here: device creation itself never fails by them. */
     if ((rc = vec_rows_parse(getenv("DUET_VK_VEC_ROWS"), &c->vec_rows_log2)) ||
-        (rc = attn_part_parse(getenv("DUET_VK_ATTN_PART"), &c->attn_part)) ||
+        (rc = attn_part_parse(getenv("DUET_VK_ATTN_PART"), &c->attn_part_log2)) ||
         (rc = device_open(c)) || (rc = fault_parse(getenv("DUET_VK_FAULT"), &c->fault)) ||
         (rc = duet_vk_profile_init(c, getenv("DUET_VK_PROFILE"))))
         goto out_destroy;

@@ -220,8 +220,8 @@ typedef struct vk_ctx {
     int vec_rows_log2;          /* matmul_vec/qvec: 1 << this weight rows per workgroup
                                    (DUET_VK_VEC_ROWS); -1 = the default, see
                                    duet_vk_vec_rows_log2() */
-    int attn_part;              /* split-K attention: keys per partition, 64, 128 or
-                                   256 (DUET_VK_ATTN_PART; default 64) */
+    int attn_part_log2;         /* split-K attention: 64 << this keys per partition,
+                                   64, 128 or 256 (DUET_VK_ATTN_PART; default 64) */
     uint32_t mem_device;        /* memory type indices */
     uint32_t mem_host;
     int device_mem_mapped;      /* device-local type is host-visible+coherent */

@@ -461,7 +461,8 @@ duet_status duet_vk_kv_write(void *ctx, duet_stream *s, const duet_kv_write_args
  * heads per workgroup (GM), and the partials one dispatch pair may use at
  * 256 keys per partition; tokens beyond it go in further pairs over the
  * same memory (one token's partials may exceed it: the buffer grows). The
- * keys per partition (the shaders' PART) are the device's vk_ctx.attn_part. */
+ * keys per partition (the shaders' PART) are the device's choice,
+ * 64 << vk_ctx.attn_part_log2. */
 enum { ATTN_GROUP = 8, ATTN_SCRATCH = 8 << 20 };
 
 /* The partials budget of one pair, scaled by 256 / PART (32 MiB at 64): the
@@ -470,7 +471,7 @@ enum { ATTN_GROUP = 8, ATTN_SCRATCH = 8 << 20 };
  * The device's buffer starts this size. */
 static uint64_t attn_budget(const vk_ctx *c)
 {
-    return (uint64_t)ATTN_SCRATCH * 256 / (uint64_t)c->attn_part;
+    return (uint64_t)ATTN_SCRATCH * 4 >> c->attn_part_log2;
 }
 
 typedef struct attn_pc {
@@ -524,10 +525,10 @@ static duet_status attention_split(vk_ctx *c, duet_stream *s, const duet_attenti
     uint64_t keys = (uint64_t)a->max_blocks_per_seq * a->block_size;
     if (a->max_seq_len > 0 && (uint64_t)a->max_seq_len < keys)
         keys = (uint64_t)a->max_seq_len;
-    uint64_t part = (uint64_t)c->attn_part;
+    uint64_t part = 64ull << c->attn_part_log2;
     uint64_t n_parts = keys > part ? ceil_div(keys, part) : 1;
     /* Both shaders' constant 1: log2 of the 64-key tiles per partition. */
-    uint32_t part_spec = 32u * (part == 64 ? 0u : part == 128 ? 1u : 2u);
+    uint32_t part_spec = 32u * (uint32_t)c->attn_part_log2;
     uint64_t group = (uint64_t)(a->n_heads / a->n_kv_heads);
     uint64_t gx = (uint64_t)a->n_kv_heads * ceil_div(group, ATTN_GROUP);
     uint64_t per_token = 4ull * a->n_heads * n_parts * (D + 2);

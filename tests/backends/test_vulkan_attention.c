@@ -154,7 +154,7 @@ static void run(side *x, const batch *b, float *out, int *commands)
 static int split_mode(const side *x) { return ((const vk_ctx *)x->d->ctx)->caps.split_attention; }
 
 /* Keys per partition on the devices under test (both variants agree). */
-static int part_of(const side *x) { return ((const vk_ctx *)x->d->ctx)->attn_part; }
+static int part_of(const side *x) { return 64 << ((const vk_ctx *)x->d->ctx)->attn_part_log2; }
 
 /* The keys of b's longest possible row: the table width, or the bound
  * when it is smaller. */
@@ -503,7 +503,7 @@ static void test_pipelines_follow_part(void **state)
     (void)state;
     for (int v = 0; v < n_variants(); v++) {
         const vk_ctx *c = variant(v)->d->ctx;
-        uint32_t shift = c->attn_part == 64 ? 0 : c->attn_part == 128 ? 1 : 2;
+        uint32_t shift = (uint32_t)c->attn_part_log2;
         static const vk_shader shs[] = {VK_SH_ATTENTION_SPLIT, VK_SH_ATTENTION_SPLIT_SG,
                                         VK_SH_ATTENTION_COMBINE};
         int split_seen = 0, combine_seen = 0;
@@ -513,7 +513,7 @@ static void test_pipelines_follow_part(void **state)
                     continue;
                 if (spec / 32 != shift)
                     fail_msg("part %d: pipeline of shader %d with spec %u (constant 1 = %u)",
-                             c->attn_part, (int)shs[i], spec, spec / 32);
+                             64 << c->attn_part_log2, (int)shs[i], spec, spec / 32);
                 split_seen |= shs[i] != VK_SH_ATTENTION_COMBINE;
                 combine_seen |= shs[i] == VK_SH_ATTENTION_COMBINE;
             }
