@@ -525,11 +525,9 @@ def test_dashboard(s):
         wait_until(lambda: metric(s.metrics()[1], "vllm:generation_tokens_total") > 0 and
                    metric(s.metrics()[1], "vllm:num_requests_running") >= 8, 30)
         time.sleep(5)  # past the first prefills: the dashboard averages the last 3 s
-        t0, (_, m0) = time.time(), s.metrics()
+        _, m0 = s.metrics()
         shown = dom_values(s.port)
-        t1, (_, m1) = time.time(), s.metrics()
-        rate = (metric(m1, "vllm:generation_tokens_total") -
-                metric(m0, "vllm:generation_tokens_total")) / (t1 - t0)
+        _, m1 = s.metrics()
         lo = min(metric(m0, "vllm:num_requests_running"), metric(m1, "vllm:num_requests_running"))
         hi = max(metric(m0, "vllm:num_requests_running"), metric(m1, "vllm:num_requests_running"))
         check("dashboard under load: running %s matches /metrics [%d, %d]"
@@ -538,20 +536,21 @@ def test_dashboard(s):
               (shown.get("running"), lo, hi))
         # The page's token total is a snapshot taken between the two scrapes:
         # it must lie between them exactly. Its tok/s (a 3 s average) must be
-        # live: above 0 while the scrapes see tokens arrive. Not compared with
-        # the scrapes' rate: the windows differ, and on a loaded machine (a
-        # sanitizer build, other tests) the engine steps in bursts, so the
-        # two rates differed ninefold in one run.
+        # live: above 0 under the continuous load, within 15 s of looks. Not
+        # from one look, nor compared with the scrapes' rate: on a loaded
+        # machine (a sanitizer build, other tests) the engine steps in
+        # bursts, so the two rates differed ninefold in one run, and in
+        # another no token arrived between the two scrapes at all.
         g0 = metric(m0, "vllm:generation_tokens_total")
         g1 = metric(m1, "vllm:generation_tokens_total")
         check("dashboard under load: generated total %s within /metrics [%d, %d]"
               % (shown.get("generation_tokens"), g0, g1),
               g0 <= shown.get("generation_tokens", -1) <= g1,
               (shown.get("generation_tokens"), g0, g1))
-        check("dashboard under load: generation tok/s %.1f is live (/metrics rate %.1f)"
-              % (shown.get("generation_tps", -1), rate),
-              rate > 0 and shown.get("generation_tps", 0) > 0,
-              (shown.get("generation_tps"), rate))
+        tps, deadline = shown.get("generation_tps", 0), time.time() + 15
+        while tps <= 0 and time.time() < deadline:
+            tps = dom_values(s.port).get("generation_tps", 0)
+        check("dashboard under load: generation tok/s %.1f is live" % tps, tps > 0, tps)
         shot = os.path.join(os.environ.get("DUET_SCREENSHOT_DIR", tempfile.gettempdir()),
                             "duet-dashboard.png")
         subprocess.run([shutil.which("chromium") or "chromium-browser", "--headless",
